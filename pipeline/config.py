@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import types
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,29 @@ BASE_KEY = "base"
 COMMAND_LINE = "command line"
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``2e-5`` / ``1E6`` as floats (YAML 1.1 wants a dot)."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def safe_load(text: str) -> Any:
+    """Parse YAML text without constructing arbitrary objects (safe loader, floats like ``2e-5``)."""
+    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - _SafeLoader derives from SafeLoader
+
+
 class ConfigError(ValueError):
     """A config problem; the message names the key and where its value came from."""
 
@@ -41,7 +65,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if data is None:
@@ -120,7 +144,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"{COMMAND_LINE}: override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"{COMMAND_LINE}: override {key}: value {raw!r} is not valid YAML: {err}") from err
     return key.split("."), value
@@ -141,7 +165,7 @@ def apply_overrides(tree: dict[str, Any], origins: dict[str, str], overrides: Se
 
 def _origin_of(key: str, origins: Mapping[str, str]) -> str:
     """The file (or command line) that set ``key`` or its closest parent."""
-    probe = key
+    probe = re.sub(r"\[\d+\]", "", key)
     while probe:
         if probe in origins:
             return origins[probe]
@@ -346,6 +370,7 @@ __all__ = [
     "load_config",
     "load_yaml_tree",
     "parse_override",
+    "safe_load",
     "save_config",
     "to_dict",
     "to_yaml",
