@@ -1,0 +1,1 @@
+"""Evaluation of exported SISTA encoders: zero-shot, retrieval, linear probe, grounding."""
