@@ -1,0 +1,61 @@
+"""Turn decoded samples into a batch: images, tokens (fixed max length), report embeddings, labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Sample:
+    """One decoded, transformed training pair."""
+
+    key: str  # dicom_id
+    image: torch.Tensor  # [C, S, S] normalised
+    text: str
+    report_emb: np.ndarray | None  # [D] float16, L2-normalised, or None when the shard has none
+    labels: list[float | None]  # 14 CheXpert values (1, 0, -1 or None)
+
+
+def label_tensor(rows: list[list[float | None]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label values as float [B, K] (unknown = 0) and a bool mask [B, K] of the known ones."""
+    known = torch.tensor([[v is not None for v in row] for row in rows], dtype=torch.bool)
+    values = torch.tensor([[0.0 if v is None else float(v) for v in row] for row in rows], dtype=torch.float32)
+    return values, known
+
+
+class Collator:
+    """Tokenises the texts (padded to ``max_length``) and stacks everything else into a batch dict."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def tokenise(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """input_ids, attention_mask and word_ids ([B, L], -1 for specials and padding)."""
+        enc = self.tokenizer(
+            texts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        word_ids = torch.tensor(
+            [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(texts))], dtype=torch.long
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "word_ids": word_ids}
+
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        """Collate samples into a batch; report_emb is None unless every sample has one."""
+        batch: dict[str, Any] = {"keys": [s.key for s in samples], "images": torch.stack([s.image for s in samples])}
+        batch.update(self.tokenise([s.text for s in samples]))
+        with_emb = [s.report_emb is not None for s in samples]
+        if all(with_emb):
+            emb = np.stack([s.report_emb for s in samples]).astype(np.float32)
+            batch["report_emb"] = torch.from_numpy(emb)
+        elif any(with_emb):
+            missing = [s.key for s in samples if s.report_emb is None]
+            raise ValueError(f"samples {missing[:5]} have no report_emb.npy while others in the batch do")
+        else:
+            batch["report_emb"] = None
+        batch["labels"], batch["labels_known"] = label_tensor([s.labels for s in samples])
+        return batch
