@@ -1,0 +1,150 @@
+"""Shard MIMIC-CXR on SLURM: a job array of disjoint slices, then one dependent job that merges them.
+
+    python launch/slurm_shard.py --config configs/data/mimic.yaml \\
+        --slurm configs/slurm/example_shard.yaml [key=value ...] [slurm.key=value ...] [--dry-run]
+
+Array task ``I`` of ``T`` (``slurm.array_tasks``) runs ``shard_mimic`` with ``num_tasks=T,
+task_index=I``: it writes the shards whose index ``% T == I`` and a partial manifest. The merge
+job starts only when every array task succeeded (``afterok``), merges the partial manifests into
+``OUT/manifest.json`` (checking the counts) and checks every listed shard is on disk with its
+recorded size. Shard boundaries never depend on the slicing, so the result is byte-identical to a
+single-process run with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python launch/slurm_shard.py`: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import submitit  # noqa: E402
+
+from data_prep.shard_config import ShardConfig  # noqa: E402
+from launch.slurm_config import SlurmConfig, load_slurm_config, split_overrides  # noqa: E402
+from launch.slurm_submit import log_paths, make_executor, render_sbatch  # noqa: E402
+from pipeline.config import ConfigError, load_config, to_yaml  # noqa: E402
+from pipeline.logging_setup import setup_logging  # noqa: E402
+
+log = logging.getLogger("sista.launch")
+
+
+@dataclasses.dataclass
+class ShardTask(submitit.helpers.Checkpointable):
+    """One array task: shard the slice ``task_index`` of ``num_tasks``; requeued with ``resume`` on."""
+
+    cfg: ShardConfig
+
+    def __call__(self, task_index: int) -> dict[str, Any]:
+        """Run ``shard_mimic`` on slice ``task_index``; returns the partial manifest."""
+        from data_prep.shard_mimic import shard_mimic
+
+        setup_logging(0, 1)
+        cfg = dataclasses.replace(self.cfg, task_index=task_index)
+        log.info("array task %d of %d: sharding into %s", task_index, cfg.num_tasks, cfg.out)
+        return shard_mimic(cfg)
+
+    def checkpoint(self, task_index: int) -> submitit.helpers.DelayedSubmission:
+        """Resubmit the same slice with ``resume`` on: complete shards are kept, the rest redone."""
+        return submitit.helpers.DelayedSubmission(ShardTask(dataclasses.replace(self.cfg, resume=True)), task_index)
+
+
+def merge_and_check(out_dir: Path, num_tasks: int) -> dict[str, Any]:
+    """Merge the ``num_tasks`` partial manifests of ``out_dir`` and check each listed shard's size on disk."""
+    from data_prep.shard_mimic import merge_manifests
+
+    setup_logging(0, 1)
+    manifest = merge_manifests(out_dir, num_tasks)
+    problems = []
+    for split, entry in manifest["splits"].items():
+        for shard in entry["shards"]:
+            path = out_dir / shard["path"]
+            if not path.is_file():
+                problems.append(f"{split}: {path} is missing")
+            elif path.stat().st_size != shard["bytes"]:
+                problems.append(f"{split}: {path} has {path.stat().st_size} bytes, manifest says {shard['bytes']}")
+    if problems:
+        raise RuntimeError(f"merged manifest of {out_dir} does not match the shards on disk:\n" + "\n".join(problems))
+    log.info("merged %d partial manifests: %s", num_tasks,
+             ", ".join(f"{s} {e['num_samples']} samples" for s, e in manifest["splits"].items()))
+    return manifest
+
+
+def slice_config(cfg: ShardConfig, num_tasks: int) -> ShardConfig:
+    """``cfg`` set up for a ``num_tasks``-task array (``task_index`` is filled in per task)."""
+    if cfg.out is None or (cfg.mimic_root is None and cfg.jpg_root is None):
+        raise ConfigError("the sharding config needs 'out' and 'mimic_root' (or 'jpg_root') for a SLURM job")
+    return dataclasses.replace(cfg, num_tasks=num_tasks, task_index=0, out=cfg.out.resolve())
+
+
+def submit_shard_array(
+    cfg: ShardConfig, slurm: SlurmConfig, workdir: Path
+) -> tuple[list[submitit.Job], submitit.Job]:
+    """Submit the array of ``slurm.array_tasks`` slices and the merge job that depends on all of them.
+
+    With the ``local`` executor there are no dependencies: the array is awaited before the merge is submitted.
+    """
+    sliced = slice_config(cfg, slurm.array_tasks)
+    executor = make_executor(slurm, workdir, array_parallelism=slurm.array_parallelism)
+    with executor.batch():
+        array = [executor.submit(ShardTask(sliced), index) for index in range(slurm.array_tasks)]
+    if slurm.executor == "slurm":
+        array_id = array[0].job_id.split("_")[0]
+        merger = make_executor(slurm, workdir, dependency=f"afterok:{array_id}")
+    else:
+        for job in array:
+            job.result()  # raises with the task's traceback if a slice failed
+        merger = make_executor(slurm, workdir)
+    merge = merger.submit(merge_and_check, sliced.out, slurm.array_tasks)
+    return array, merge
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: sharding config and overrides, SLURM config, dry run."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="sharding YAML (configs/data/*.yaml)")
+    parser.add_argument("--slurm", required=True, help="SLURM YAML (configs/slurm/*.yaml)")
+    parser.add_argument("--dry-run", action="store_true", help="print the sbatch scripts and configs; submit nothing")
+    parser.add_argument("overrides", nargs="*", metavar="key=value | slurm.key=value", help="config overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Resolve both configs, then print (``--dry-run``) or submit the array and its merge job."""
+    setup_logging()
+    args = _parse_args(argv)
+    shard_overrides, slurm_overrides = split_overrides(args.overrides)
+    workdir = Path.cwd()
+    try:
+        slurm = load_slurm_config(args.slurm, slurm_overrides)
+        cfg = slice_config(load_config(ShardConfig, args.config, shard_overrides), slurm.array_tasks)
+    except (ConfigError, ValueError) as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"# sbatch script of the array ({slurm.array_tasks} tasks, {slurm.array_parallelism} at a time)")
+        print(render_sbatch(slurm, workdir, array_size=slurm.array_tasks))
+        print("# sbatch script of the merge job")
+        print(render_sbatch(slurm, workdir, dependency="afterok:<array job id>"))
+        print("# SLURM config (resolved)")
+        print(to_yaml(slurm), end="")
+        print("# sharding config (resolved; task_index is set per array task)")
+        print(to_yaml(cfg), end="")
+        return 0
+    array, merge = submit_shard_array(cfg, slurm, workdir)
+    stdout, _ = log_paths(array[0])
+    print(f"submitted array {array[0].job_id.split('_')[0]} ({len(array)} tasks) and merge job {merge.job_id}")
+    print(f"logs:   {stdout} (one per array task)\n        {log_paths(merge)[0]}")
+    print(f"output: {cfg.out}/manifest.json once the merge job has finished")
+    return 0
+
+
+if __name__ == "__main__":
+    from launch.slurm_shard import main as _main  # so pickles name launch.slurm_shard, not __main__
+
+    raise SystemExit(_main())
