@@ -10,7 +10,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pipeline.config import ConfigError, load_config
 
@@ -27,7 +27,7 @@ class SlurmConfig:
     partition: Optional[str]
     account: Optional[str]
     qos: Optional[str]
-    time: str
+    time: Union[str, int]
     nodes: int
     gpus_per_node: int
     tasks_per_node: Optional[int]

@@ -6,8 +6,8 @@
 Array task ``I`` of ``T`` (``slurm.array_tasks``) runs ``shard_mimic`` with ``num_tasks=T,
 task_index=I``: it writes the shards whose index ``% T == I`` and a partial manifest. The merge
 job starts only when every array task succeeded (``afterok``), merges the partial manifests into
-``OUT/manifest.json`` (checking the counts) and checks every listed shard is on disk with its
-recorded size. Shard boundaries never depend on the slicing, so the result is byte-identical to a
+``OUT/manifest.json``, checking the counts and every shard's size, and fails when nothing was
+written or too much was skipped. Shard boundaries never depend on the slicing, so the result is byte-identical to a
 single-process run with the same arguments.
 """
 
@@ -54,22 +54,18 @@ class ShardTask(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(ShardTask(dataclasses.replace(self.cfg, resume=True)), task_index)
 
 
-def merge_and_check(out_dir: Path, num_tasks: int) -> dict[str, Any]:
-    """Merge the ``num_tasks`` partial manifests of ``out_dir`` and check each listed shard's size on disk."""
-    from data_prep.shard_mimic import merge_manifests
+def merge_and_check(out_dir: Path, num_tasks: int, max_skip_fraction: float) -> dict[str, Any]:
+    """Merge the ``num_tasks`` partial manifests of ``out_dir`` (counts and sizes checked by the sharder).
+
+    Fails, like a single-process run's exit code, when nothing was written or too much was skipped.
+    """
+    from data_prep.shard_manifest import merge_manifests, outcome_problem
 
     setup_logging(0, 1)
     manifest = merge_manifests(out_dir, num_tasks)
-    problems = []
-    for split, entry in manifest["splits"].items():
-        for shard in entry["shards"]:
-            path = out_dir / shard["path"]
-            if not path.is_file():
-                problems.append(f"{split}: {path} is missing")
-            elif path.stat().st_size != shard["bytes"]:
-                problems.append(f"{split}: {path} has {path.stat().st_size} bytes, manifest says {shard['bytes']}")
-    if problems:
-        raise RuntimeError(f"merged manifest of {out_dir} does not match the shards on disk:\n" + "\n".join(problems))
+    problem = outcome_problem(manifest, max_skip_fraction)
+    if problem:
+        raise RuntimeError(f"{out_dir}: {problem}")
     log.info("merged %d partial manifests: %s", num_tasks,
              ", ".join(f"{s} {e['num_samples']} samples" for s, e in manifest["splits"].items()))
     return manifest
@@ -77,9 +73,10 @@ def merge_and_check(out_dir: Path, num_tasks: int) -> dict[str, Any]:
 
 def slice_config(cfg: ShardConfig, num_tasks: int) -> ShardConfig:
     """``cfg`` set up for a ``num_tasks``-task array (``task_index`` is filled in per task)."""
-    if cfg.out is None or (cfg.mimic_root is None and cfg.jpg_root is None):
-        raise ConfigError("the sharding config needs 'out' and 'mimic_root' (or 'jpg_root') for a SLURM job")
-    return dataclasses.replace(cfg, num_tasks=num_tasks, task_index=0, out=cfg.out.resolve())
+    if cfg.out is None or cfg.mimic_root is None:
+        raise ConfigError("the sharding config needs 'out' and 'mimic_root' for a SLURM job")
+    absolute = {k: getattr(cfg, k).resolve() for k in ("out", "mimic_root", "jpg_root", "csv_root") if getattr(cfg, k)}
+    return dataclasses.replace(cfg, num_tasks=num_tasks, task_index=0, **absolute)
 
 
 def submit_shard_array(
@@ -100,7 +97,7 @@ def submit_shard_array(
         for job in array:
             job.result()  # raises with the task's traceback if a slice failed
         merger = make_executor(slurm, workdir)
-    merge = merger.submit(merge_and_check, sliced.out, slurm.array_tasks)
+    merge = merger.submit(merge_and_check, sliced.out, slurm.array_tasks, sliced.max_skip_fraction)
     return array, merge
 
 

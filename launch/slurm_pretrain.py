@@ -1,0 +1,155 @@
+"""Submit SISTA pre-training to SLURM with submitit: one task per GPU, preemption-safe, one MLflow run.
+
+    python launch/slurm_pretrain.py --config configs/pretrain/<name>.yaml \\
+        --slurm configs/slurm/<cluster>.yaml [key=value ...] [slurm.key=value ...] [--dry-run]
+
+``key=value`` overrides go to the training config, ``slurm.key=value`` to the SLURM config.
+Inside the job every task exports its rank, local rank, world size and rendezvous address, then
+runs ``pipeline.train`` in-process. Before the time limit (or on preemption) the trainer saves a
+checkpoint, and the job requeues itself with ``resume=latest`` up to ``max_requeues`` times; every
+attempt logs into the same MLflow run and records its SLURM job id there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python launch/slurm_pretrain.py`: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import submitit  # noqa: E402
+
+from launch import mlflow_runs  # noqa: E402
+from launch.preemption import PreemptionRelay  # noqa: E402
+from launch.slurm_config import SlurmConfig, load_slurm_config, split_overrides  # noqa: E402
+from launch.slurm_submit import log_paths, make_executor, render_sbatch  # noqa: E402
+from launch.task_env import current_task_env, export_task_env  # noqa: E402
+from pipeline.config import ConfigError, to_yaml  # noqa: E402
+from pipeline.logging_setup import setup_logging  # noqa: E402
+
+log = logging.getLogger("sista.launch")
+
+RESUME_LATEST = "resume=latest"
+
+
+def run_trainer(config_path: str, overrides: list[str]) -> Any:
+    """Run ``pipeline.train`` in this process with ``--config config_path`` and ``overrides``."""
+    from pipeline import train
+
+    try:
+        return train.main(["--config", config_path, *overrides])
+    except SystemExit as done:  # the trainer's "checkpoint and exit 0" path
+        if done.code not in (0, None):
+            raise
+        return None
+
+
+@dataclasses.dataclass
+class PretrainJob(submitit.helpers.Checkpointable):
+    """The callable every task of the job runs; pickled by submitit, requeued through ``checkpoint()``."""
+
+    config_path: str
+    overrides: list[str]
+    slurm: SlurmConfig
+    mlflow: mlflow_runs.RunRef | None
+    attempt: int = 0
+
+    def trainer_overrides(self) -> list[str]:
+        """The training overrides of this attempt: a requeued attempt resumes from the newest checkpoint."""
+        requeued = self.attempt > 0 or int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+        return [*self.overrides, RESUME_LATEST] if requeued else list(self.overrides)
+
+    def __call__(self) -> Any:
+        """Export this task's distributed environment, record the attempt, train; requeue if preempted."""
+        task = current_task_env(self.slurm.master_port)
+        export_task_env(task)
+        setup_logging(task.rank, task.world_size)
+        log.info("job %s attempt %d: rank %d/%d (local %d) rendezvous %s:%d", task.job_id, self.attempt,
+                 task.rank, task.world_size, task.local_rank, task.master_addr, task.master_port)
+        if self.mlflow is not None:
+            self.mlflow.export()
+            if task.rank == 0:
+                mlflow_runs.record_attempt(self.mlflow, task.job_id)
+        with PreemptionRelay() as relay:
+            result = run_trainer(self.config_path, self.trainer_overrides())
+        if relay.preempted and task.rank == 0:
+            relay.hand_over()  # submitit: checkpoint() -> resubmission pickled -> requeue -> exit
+        return result
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
+        """The resubmission of this job with ``resume=latest``, or None once ``max_requeues`` are spent.
+
+        submitit calls it on rank 0 when the preemption signal is handed over, i.e. after the trainer
+        has saved its checkpoint (see ``launch.preemption``).
+        """
+        if self.attempt >= self.slurm.max_requeues:
+            log.warning("not requeueing: %d requeue(s) done, max_requeues is %d", self.attempt,
+                        self.slurm.max_requeues)
+            return None
+        log.info("requeueing as attempt %d with %s", self.attempt + 1, RESUME_LATEST)
+        return submitit.helpers.DelayedSubmission(dataclasses.replace(self, attempt=self.attempt + 1))
+
+
+def build_job(config_path: str, overrides: list[str], slurm: SlurmConfig, create_run: bool) -> PretrainJob:
+    """The job for a resolved submission; with ``create_run`` its MLflow run is created (SCHEDULED) now."""
+    run = mlflow_runs.create_run(config_path, overrides, slurm) if create_run else None
+    return PretrainJob(str(Path(config_path).resolve()), list(overrides), slurm, run)
+
+
+def submit(job: PretrainJob, workdir: Path) -> submitit.Job:
+    """Submit ``job`` (one task per GPU over the configured nodes) and return the submitit job."""
+    executor = make_executor(job.slurm, workdir)
+    return executor.submit(job)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: training config and overrides, SLURM config, dry run."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="training YAML (configs/pretrain/*.yaml)")
+    parser.add_argument("--slurm", required=True, help="SLURM YAML (configs/slurm/*.yaml)")
+    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script and configs; submit nothing")
+    parser.add_argument("overrides", nargs="*", metavar="key=value | slurm.key=value", help="config overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Resolve both configs, then print (``--dry-run``) or submit the pre-training job."""
+    setup_logging()
+    args = _parse_args(argv)
+    train_overrides, slurm_overrides = split_overrides(args.overrides)
+    workdir = Path.cwd()
+    try:
+        slurm = load_slurm_config(args.slurm, slurm_overrides)
+        train_cfg = mlflow_runs.load_train_config(args.config, train_overrides)
+    except (ConfigError, ValueError) as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"# sbatch script ({slurm.nodes} node(s) x {slurm.ntasks_per_node} task(s) = {slurm.world_size})")
+        print(render_sbatch(slurm, workdir))
+        print("# SLURM config (resolved)")
+        print(to_yaml(slurm), end="")
+        print("# training config (resolved)")
+        print(to_yaml(train_cfg), end="")
+        return 0
+    job = build_job(args.config, train_overrides, slurm, create_run=True)
+    submitted = submit(job, workdir)
+    stdout, stderr = log_paths(submitted)
+    print(f"submitted job {submitted.job_id}: {slurm.nodes} node(s) x {slurm.ntasks_per_node} task(s)")
+    print(f"logs:   {stdout}\n        {stderr}\n        (task k: replace _0_ by _k_)")
+    if job.mlflow is not None:
+        print(f"mlflow: run {job.mlflow.run_id} in experiment '{job.mlflow.experiment}' at {job.mlflow.tracking_uri}")
+        print(f"        open the UI with: mlflow ui --backend-store-uri {job.mlflow.tracking_uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    from launch.slurm_pretrain import main as _main  # so pickles name launch.slurm_pretrain, not __main__
+
+    raise SystemExit(_main())
