@@ -6,7 +6,7 @@
 ``key=value`` overrides go to the training config, ``slurm.key=value`` to the SLURM config.
 Inside the job every task exports its rank, local rank, world size and rendezvous address, then
 runs ``pipeline.train`` in-process. Before the time limit (or on preemption) the trainer saves a
-checkpoint, and the job requeues itself with ``resume=latest`` up to ``max_requeues`` times; every
+checkpoint, and the job requeues itself with ``checkpoint.resume=latest`` up to ``max_requeues`` times; every
 attempt logs into the same MLflow run and records its SLURM job id there.
 """
 
@@ -35,7 +35,7 @@ from pipeline.logging_setup import setup_logging  # noqa: E402
 
 log = logging.getLogger("sista.launch")
 
-RESUME_LATEST = "resume=latest"
+RESUME_LATEST = "checkpoint.resume=latest"  # the trainer's key (PretrainConfig.checkpoint.resume)
 
 
 def run_trainer(config_path: str, overrides: list[str]) -> Any:

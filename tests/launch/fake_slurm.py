@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import stat
 from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "slurm" / "example.yaml"
+EXAMPLE_SHARD = EXAMPLE.with_name("example_shard.yaml")
+
+
+def sbatch_options(script: str) -> dict[str, str | bool]:
+    """``#SBATCH --key=value`` lines of a script as {key: value}, bare flags as True."""
+    options: dict[str, str | bool] = {}
+    for line in script.splitlines():
+        match = re.fullmatch(r"#SBATCH --([\w-]+)(?:=(.*))?", line)
+        if match:
+            assert match.group(1) not in options, f"duplicate directive {line}"
+            options[match.group(1)] = shlex.split(match.group(2))[0] if match.group(2) is not None else True
+    return options
+
 
 # sbatch: copy the submitted script, record argv, answer like SLURM with increasing job ids.
 _SBATCH = """#!/bin/bash
@@ -61,4 +78,4 @@ def path_with(bin_dir: Path) -> str:
     return f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-__all__ = ["install_fake_slurm", "path_with", "recorded", "recorded_env", "recorded_script"]
+__all__ = ["EXAMPLE", "EXAMPLE_SHARD", "install_fake_slurm", "sbatch_options", "path_with", "recorded", "recorded_env", "recorded_script"]

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import shlex
 import sys
 from pathlib import Path
 
 import pytest
+from fake_slurm import EXAMPLE, EXAMPLE_SHARD, sbatch_options
 
 from launch.slurm_config import load_slurm_config, parse_time_minutes, split_overrides
 from launch.slurm_submit import render_sbatch
 from pipeline.config import ConfigError
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "slurm" / "example.yaml"
-EXAMPLE_SHARD = EXAMPLE.with_name("example_shard.yaml")
-
-
-def sbatch_options(script: str) -> dict[str, str | bool]:
-    """``#SBATCH --key=value`` lines of a script as {key: value}, bare flags as True."""
-    options: dict[str, str | bool] = {}
-    for line in script.splitlines():
-        match = re.fullmatch(r"#SBATCH --([\w-]+)(?:=(.*))?", line)
-        if match:
-            assert match.group(1) not in options, f"duplicate directive {line}"
-            options[match.group(1)] = shlex.split(match.group(2))[0] if match.group(2) is not None else True
-    return options
 
 
 @pytest.mark.parametrize("nodes", [1, 4])

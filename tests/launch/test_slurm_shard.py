@@ -8,21 +8,21 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fake_slurm import install_fake_slurm, path_with, recorded, recorded_env, recorded_script
-from test_slurm_config import EXAMPLE_SHARD, sbatch_options
+from fake_slurm import (
+    EXAMPLE_SHARD,
+    install_fake_slurm,
+    path_with,
+    recorded,
+    recorded_env,
+    recorded_script,
+    sbatch_options,
+)
+from shard_fixtures import PHANTOM_YAML, phantom_shard_config
 
 from data_prep.shard_config import ShardConfig
-from data_prep.shard_mimic import shard_mimic
 from launch.slurm_config import load_slurm_config
 from launch.slurm_shard import ShardTask, main, submit_shard_array
 from pipeline.config import load_config
-
-PHANTOM_YAML = Path(__file__).resolve().parents[2] / "configs" / "data" / "phantom.yaml"
-
-
-def _shard_config(phantom_root: Path, out: Path) -> ShardConfig:
-    overrides = [f"mimic_root={phantom_root}", f"out={out}", "shard_size=8", "workers=1"]
-    return load_config(ShardConfig, PHANTOM_YAML, overrides)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -42,12 +42,13 @@ def _comparable(manifest: dict) -> dict:
 
 @pytest.mark.slow
 def test_array_of_three_merges_to_the_single_process_result(
-    phantom_root: Path, tmp_path: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch
+    phantom_root: Path, phantom_shards: tuple[Path, dict], tmp_path: Path, repo_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PYTHONPATH", str(repo_root))  # the local executor's tasks unpickle launch.*
-    single = shard_mimic(_shard_config(phantom_root, tmp_path / "single"))
+    single_dir, single = phantom_shards
     slurm = load_slurm_config(EXAMPLE_SHARD, ["executor=local", "array_tasks=3", f"log_dir={tmp_path}/logs/%j", "time=10"])
-    array, merge = submit_shard_array(_shard_config(phantom_root, tmp_path / "array"), slurm, repo_root)
+    array, merge = submit_shard_array(phantom_shard_config(phantom_root, tmp_path / "array"), slurm, repo_root)
     merged = merge.result()
     parts = [job.result() for job in array]
 
@@ -56,7 +57,7 @@ def test_array_of_three_merges_to_the_single_process_result(
     assert all(written) and sum(len(w) for w in written) == len(set().union(*written))  # disjoint, none empty
     assert _comparable(merged) == _comparable(single)
     assert json.loads((tmp_path / "array" / "manifest.json").read_text())["splits"] == single["splits"]
-    single_files, array_files = _tree(tmp_path / "single"), _tree(tmp_path / "array")
+    single_files, array_files = _tree(single_dir), _tree(tmp_path / "array")
     assert any(name.endswith(".tar") for name in single_files)
     assert single_files.keys() == array_files.keys()
     assert all(single_files[name] == array_files[name] for name in single_files)
