@@ -79,7 +79,7 @@ def sta_loop_reference(
             s = v @ token_emb[b, tok]  # step 1
             s_hat = (s - s.min()) / (s.max() - s.min() + eps)  # step 2
             s_tilde = torch.stack([x if x >= sigma else x * 0 for x in s_hat])  # step 3
-            if float(s_tilde.sum()) > 0:
+            if float(s_tilde.sum().detach()) > 0:
                 a = s_tilde / s_tilde.sum()  # step 4
             else:
                 a = torch.full_like(s_tilde, 1.0 / patches)

@@ -58,14 +58,14 @@ def label_vectors(labels: torch.Tensor) -> torch.Tensor:
     Present → 1, uncertain → 0.5, absent or unmentioned → 0. A study with no positive label is the
     zero vector, whose cosine with everything is 0 (never a false negative).
     """
-    values = torch.nan_to_num(labels.float(), nan=0.0)
+    values = torch.nan_to_num(labels if labels.is_floating_point() else labels.float(), nan=0.0)
     return torch.where(values < 0, torch.full_like(values, 0.5), values.clamp(min=0.0))
 
 
-def similarity_rows(source_all: torch.Tensor, layout: RowLayout) -> torch.Tensor:
-    """Cosine similarity R (local rows × all N columns) of gathered source vectors, without gradient."""
+def similarity_rows(source_all: torch.Tensor, layout: RowLayout, dtype: torch.dtype) -> torch.Tensor:
+    """Cosine similarity R (local rows × all N columns) of gathered source vectors in ``dtype``, without gradient."""
     with torch.no_grad():
-        unit = F.normalize(source_all.to(torch.float64 if source_all.dtype == torch.float64 else torch.float32), dim=-1)
+        unit = F.normalize(source_all.to(dtype), dim=-1)
         local = unit[layout.offset : layout.offset + layout.local_size]
         return local @ unit.T
 
@@ -176,7 +176,7 @@ def sia_terms(
         false_negative = soft_target = offdiag = None
         if mode != "none":
             source_all = _similarity_source(text_all, report_emb, labels, similarity_source, layout)
-            similarity = similarity_rows(source_all, layout).to(dtype)
+            similarity = similarity_rows(source_all, layout, dtype)
             if center is not None:
                 offdiag = offdiagonal_mean(similarity, paired)
                 offset = center(offdiag) if callable(center) else center
