@@ -106,8 +106,11 @@ def _split_blocks(text: str) -> list[tuple[str | None, list[list[str]]]]:
             previous_blank = True
             continue
         if not raw_line.strip():
-            paragraphs = blocks[-1][1]
-            if paragraphs[-1]:
+            name, paragraphs = blocks[-1]
+            if paragraphs[-1] and name in _ADMINISTRATIVE:
+                # administrative sections are one paragraph: untitled text after them is content
+                blocks.append((None, [[]]))
+            elif paragraphs[-1]:
                 paragraphs.append([])
             previous_blank = True
             continue

@@ -28,14 +28,14 @@ REPORT = """                                 FINAL REPORT
  COMPARISON:  None.
 
  FINDINGS:
- 
+{blank}
  PA and lateral views of the chest provided.  The lungs are clear without focal
  consolidation.  No pleural effusion or pneumothorax.  Heart size is normal.
 
  IMPRESSION:
- 
+{blank}
  No acute intrathoracic process.
-"""
+""".replace("{blank}", " ")  # whitespace-only lines, as in MIMIC
 
 
 def chest_brightness(rows: int, cols: int, seed: int) -> np.ndarray:
