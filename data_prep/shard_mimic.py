@@ -41,7 +41,7 @@ from data_prep.shard_manifest import (  # noqa: E402
     part_name,
 )
 from data_prep.shard_samples import SampleSettings, ShardJob, build_shard  # noqa: E402
-from data_prep.shard_writer import load_complete_state, write_json_atomic  # noqa: E402
+from data_prep.shard_writer import load_complete_state, remove_leftovers, write_json_atomic  # noqa: E402
 from pipeline.config import ConfigError, add_config_arguments, load_config, to_dict, to_yaml  # noqa: E402
 from pipeline.logging_setup import setup_logging  # noqa: E402
 
@@ -188,6 +188,8 @@ def shard_mimic(cfg: ShardConfig) -> dict[str, Any]:
     own = [job for job in jobs if job.index % cfg.num_tasks == cfg.task_index]
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    for job in own:
+        remove_leftovers(out_dir, job.relative_path)
     records: dict[str, dict[str, Any]] = {}
     if cfg.resume:
         for job in own:

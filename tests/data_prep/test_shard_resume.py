@@ -1,0 +1,91 @@
+"""Crash safety: a sharding run killed with SIGKILL, then resumed, ends byte-identical to a clean run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from data_prep.shard_mimic import shard_mimic
+from data_prep.shard_writer import STATE_DIR, state_path
+from tests.data_prep.mimic_layout import SmallMimic, build_small_mimic
+from tests.data_prep.test_shard_mimic import comparable, output_files, shard_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def resume_mimic(tmp_path_factory: pytest.TempPathFactory) -> SmallMimic:
+    """Sixteen subjects with films large enough that a run takes a noticeable time."""
+    return build_small_mimic(tmp_path_factory.mktemp("resume") / "mimic", subjects=16, size=(420, 380))
+
+
+@pytest.fixture(scope="module")
+def clean_run(resume_mimic: SmallMimic, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The uninterrupted run every resumed run must equal."""
+    out = tmp_path_factory.mktemp("clean") / "out"
+    return out, shard_mimic(shard_config(resume_mimic.root, out, image_size=64, shard_size=1, workers=1))
+
+
+def _command(mimic: Path, out: Path, *extra: str) -> list[str]:
+    """The sharder's command line as a user types it (the script itself, two workers)."""
+    return [sys.executable, str(REPO / "data_prep" / "shard_mimic.py"), "--mimic-root", str(mimic), "--out", str(out),
+            "--image-size", "64", "--shard-size", "1", "--workers", "2", *extra]
+
+
+@pytest.mark.parametrize("shards_before_kill", [1, 5])
+def test_sigkill_then_resume_is_byte_identical(
+    resume_mimic: SmallMimic, clean_run: tuple[Path, dict], tmp_path: Path, shards_before_kill: int
+) -> None:
+    """SIGKILL the main process mid-run (its workers die with it), then --resume: same bytes as a clean run."""
+    clean_out, clean_manifest = clean_run
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(_command(resume_mimic.root, out), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = list((out / STATE_DIR).glob("*.json")) if (out / STATE_DIR).is_dir() else []
+        if len(done) >= shards_before_kill:
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, "the run finished before it could be killed; make the fixture larger"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.3)  # workers receive SIGKILL through PR_SET_PDEATHSIG
+    assert not (out / "manifest.json").exists()
+    killed_state = sorted(p.name for p in (out / STATE_DIR).glob("*"))
+    assert len(killed_state) < sum(len(v) for v in resume_mimic.frontal.values())
+    result = subprocess.run(_command(resume_mimic.root, out, "--resume"), cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert output_files(out) == output_files(clean_out)
+    assert comparable(json.loads((out / "manifest.json").read_text())) == comparable(clean_manifest)
+    assert not [p for p in out.rglob("*") if ".tmp." in p.name]
+
+
+def test_resume_repairs_every_partial_state(resume_mimic: SmallMimic, clean_run: tuple[Path, dict], tmp_path: Path) -> None:
+    """Truncated shard, shard without record, record without shard, stale temp files: all redone; good shards kept."""
+    clean_out, _ = clean_run
+    out = tmp_path / "out"
+    shutil.copytree(clean_out, out)
+    (out / "manifest.json").unlink()
+    shards = sorted(out.glob("*/*.tar"))
+    relative = [p.relative_to(out).as_posix() for p in shards]
+    shards[0].write_bytes(shards[0].read_bytes()[:1000])  # a damaged shard (checksum mismatch)
+    state_path(out, relative[1]).unlink()  # killed between rename and record
+    shards[2].unlink()  # record without shard
+    (shards[3].parent / (shards[3].name + ".tmp.12345")).write_bytes(b"half a shard")
+    (state_path(out, relative[4]).parent / (state_path(out, relative[4]).name + ".tmp.999")).write_text("{")
+    untouched = shards[-1]
+    before = untouched.stat().st_mtime_ns
+    shard_mimic(shard_config(resume_mimic.root, out, image_size=64, shard_size=1, workers=1, resume=True))
+    assert output_files(out) == output_files(clean_out)
+    assert untouched.stat().st_mtime_ns == before
+    assert not [p for p in out.rglob("*") if ".tmp." in p.name]
