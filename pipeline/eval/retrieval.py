@@ -1,0 +1,94 @@
+"""Image→report and report→image retrieval: Recall@K with label-set relevance, and exact-pair recall.
+
+Candidates are all reports (or images) of the evaluation split. A candidate is *relevant* to a
+query when their binary label sets are equal (or the texts are identical); it is an *exact
+pair* when the report text is the query image's own (identical texts count, since several
+frontal images of one study share a report). Similarities are cosine of the global embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pipeline.eval import metrics
+from pipeline.eval.context import EvalContext, TaskResult, fmt
+
+QUERY_CHUNK = 1024  # queries scored at once: bounds memory to QUERY_CHUNK x n
+
+
+def _hits(
+    query_emb: np.ndarray,
+    cand_emb: np.ndarray,
+    query_keys: np.ndarray,
+    cand_keys: np.ndarray,
+    query_labels: np.ndarray | None,
+    cand_labels: np.ndarray | None,
+    ks: Sequence[int],
+) -> np.ndarray:
+    """``[n_queries, len(ks)]`` hits, relevance = same text key (+ same label set when labels are given)."""
+    rows = []
+    for start in range(0, len(query_emb), QUERY_CHUNK):  # chunks of queries, not single samples
+        stop = start + QUERY_CHUNK
+        sim = query_emb[start:stop].astype(np.float64) @ cand_emb.astype(np.float64).T
+        relevant = query_keys[start:stop, None] == cand_keys[None, :]
+        if query_labels is not None:
+            relevant |= metrics.same_label_set(query_labels[start:stop], cand_labels)
+        rows.append(metrics.retrieval_hits(sim, relevant, tuple(ks)))
+    return np.concatenate(rows)
+
+
+def retrieval_metrics(
+    image_emb: np.ndarray,
+    text_emb: np.ndarray,
+    texts: Sequence[str],
+    labels: np.ndarray,
+    ks: Sequence[int],
+    *,
+    n_boot: int,
+    seed: int,
+    level: float,
+) -> dict:
+    """R@K both ways under label-set relevance and exact-pair relevance, with bootstrap intervals over queries."""
+    _, text_key = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
+    out: dict = {"num_pairs": int(len(texts)), "ks": list(ks)}
+    for direction, (q, c) in {"image_to_report": (image_emb, text_emb), "report_to_image": (text_emb, image_emb)}.items():
+        for relevance, lab in (("label_set", labels), ("exact_pair", None)):
+            hits = _hits(q, c, text_key, text_key, lab, lab, ks).astype(np.float64)
+            low, high = metrics.bootstrap_ci(
+                lambda w, hits=hits: np.stack([metrics.weighted_mean(hits[:, j], w) for j in range(len(ks))], 1),
+                len(hits),
+                n_boot=n_boot,
+                seed=seed,
+                level=level,
+            )
+            out.setdefault(direction, {})[relevance] = {
+                f"R@{k}": {"value": float(hits[:, j].mean()), "ci": [float(low[j]), float(high[j])]}
+                for j, k in enumerate(ks)
+            }
+    # What a model that ranks at random would score (label-set relevance), for reading the table.
+    relevant_fraction = metrics.same_label_set(labels, labels).mean(axis=1)
+    out["chance_R@1_label_set"] = float(relevant_fraction.mean())
+    return out
+
+
+def run_retrieval(ctx: EvalContext) -> TaskResult:
+    """Retrieval between the test split's images and their reports (training texts)."""
+    shards = ctx.cfg.data.shards
+    data = ctx.shard_split(shards.test_split)
+    image_emb = ctx.image_features(data, "global")
+    text_emb = ctx.text_features(list(data.texts), "reports")
+    boot = ctx.cfg.bootstrap
+    result = retrieval_metrics(
+        image_emb, text_emb, data.texts, data.labels, ctx.cfg.retrieval.ks,
+        n_boot=boot.n_boot, seed=boot.seed, level=boot.level,
+    )
+    result["split"] = shards.test_split
+    table = []
+    for direction in ("image_to_report", "report_to_image"):
+        for relevance in ("label_set", "exact_pair"):
+            for k, entry in result[direction][relevance].items():
+                table.append((f"{direction} {relevance} {k}", *fmt(entry["value"], entry["ci"])))
+    table.append(("chance R@1 (label set)", *fmt(result["chance_R@1_label_set"])))
+    return TaskResult("retrieval", result, table)
