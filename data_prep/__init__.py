@@ -1,0 +1,1 @@
+"""Offline data preparation: the phantom MIMIC-CXR generator and the MIMIC-CXR -> WebDataset sharder."""
