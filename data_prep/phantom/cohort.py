@@ -5,6 +5,7 @@ Everything here depends only on (seed, number of studies, split fractions), neve
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ import numpy as np
 
 SPLIT_NAMES = ("train", "validate", "test")
 MEAN_STUDIES_PER_PATIENT = 2.5
+EPOCH = datetime.date(2110, 1, 1)  # MIMIC shifts dates into the 22nd century
 
 
 @dataclass(frozen=True)
@@ -91,11 +93,10 @@ def plan_cohort(studies: int, seed: int, split_fractions: tuple[float, float, fl
     for patient in range(num_patients):
         sex = "F" if rng.random() < 0.5 else "M"
         first_age = int(rng.integers(18, 90))
-        first_day = day = int(rng.integers(0, 80 * 365))  # days after 2110-01-01: MIMIC's shifted dates
+        first_day = day = int(rng.integers(0, 80 * 365))  # days after EPOCH
         for k in range(int(per_patient[patient])):
             day += int(rng.integers(1, 400)) if k else 0
-            year, rest = divmod(day, 365)
-            month, mday = divmod(rest % 336, 28)
+            date = EPOCH + datetime.timedelta(days=day)
             seconds = int(rng.integers(0, 86_400_000))
             hh, mm, ss, ms = seconds // 3_600_000, seconds // 60_000 % 60, seconds // 1000 % 60, seconds % 1000
             plans.append(
@@ -108,7 +109,7 @@ def plan_cohort(studies: int, seed: int, split_fractions: tuple[float, float, fl
                     study_in_patient=k,
                     sex=sex,
                     age=min(first_age + (day - first_day) // 365, 95),
-                    study_date=(2110 + year) * 10000 + (month + 1) * 100 + mday + 1,
+                    study_date=date.year * 10000 + date.month * 100 + date.day,
                     study_time=f"{hh:02d}{mm:02d}{ss:02d}.{ms:03d}",
                 )
             )
