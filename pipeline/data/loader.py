@@ -59,7 +59,6 @@ class DataConfig:
     prefetch_factor: int
     shuffle_buffer: int
     shuffle_initial: int
-    max_text_length: int
     epoch_samples: int | None  # samples per epoch (default: the split's count)
     transform: TransformConfig
 

@@ -34,7 +34,7 @@ def data_config(manifest_path: Path, **over) -> DataConfig:
     tree = {
         "manifest": str(manifest_path), "shard_root": None, "pattern": None, "num_samples": None,
         "train_split": "train", "val_split": "train", "batch_size": 4, "num_workers": 0, "prefetch_factor": 2,
-        "shuffle_buffer": 16, "shuffle_initial": 8, "max_text_length": 12, "epoch_samples": None,
+        "shuffle_buffer": 16, "shuffle_initial": 8, "epoch_samples": None,
         "transform": {
             "image_size": 16, "resize_size": 18, "crop_scale": [0.6, 1.0], "crop_ratio": [0.8, 1.25],
             "rotate_degrees": 5.0, "translate": 0.05, "scale": [0.95, 1.05], "brightness": 0.1, "contrast": 0.1,
@@ -49,7 +49,7 @@ def epoch_batches(cfg: DataConfig, *, rank=0, world=1, seed=0, epoch=0, start=No
     """Keys and batches of one epoch on one rank (and the loader, for its position)."""
     shards = resolve_shards(cfg.train_split, manifest=cfg.manifest)
     loader = build_epoch_loader(
-        shards, cfg, Collator(tokenizer(), cfg.max_text_length), rank=rank, world_size=world, seed=seed,
+        shards, cfg, Collator(tokenizer(), 12), rank=rank, world_size=world, seed=seed,
         accumulation=1, start=start or DataPosition(epoch),
     )
     batches = []

@@ -1,0 +1,35 @@
+"""Command line of the trainer (console script ``sista-train``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipeline.config import add_config_arguments, config_from_args
+from pipeline.data.shards import ShardError
+from pipeline.logging_setup import setup_logging
+from pipeline.train.config import PretrainConfig
+from pipeline.train.faults import BadStepError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``--config`` and overrides, train, return the exit code (0 also after a stop signal)."""
+    parser = argparse.ArgumentParser(prog="sista-train", description="SISTA pre-training with DeepSpeed ZeRO")
+    add_config_arguments(parser)
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    args = parser.parse_args(argv)
+    setup_logging()
+    cfg = config_from_args(PretrainConfig, args)
+    from pipeline.train.loop import Trainer
+
+    try:
+        return Trainer(cfg).run()
+    except (ShardError, BadStepError) as err:
+        logging.getLogger("sista.train").error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""PretrainConfig: the schema of ``configs/pretrain/*.yaml`` (defaults live in configs/pretrain/base.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from pipeline.data import DataConfig
+from pipeline.losses import LossConfig
+from pipeline.models.config import ModelConfig
+
+
+@dataclass
+class OptimConfig:
+    """AdamW (torch implementation) with weight-decay exclusions, clipping and contrastive accumulation."""
+
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    eps: float
+    grad_clip: float  # max global grad norm; 0 disables
+    accumulation_steps: int  # micro-batches per step; the contrastive batch stays whole (see README)
+    no_decay_patterns: list[str]  # name substrings without weight decay (besides every 0-/1-D parameter)
+
+    def __post_init__(self) -> None:
+        if self.accumulation_steps < 1:
+            raise ValueError(f"optim.accumulation_steps must be >= 1, got {self.accumulation_steps}")
+
+
+@dataclass
+class ScheduleConfig:
+    """Linear warm-up then cosine decay to ``min_lr_ratio * lr``; length in epochs or steps."""
+
+    epochs: int
+    warmup_steps: int
+    min_lr_ratio: float
+    max_steps: Optional[int] = None  # stop (and end the schedule) after this many steps
+
+
+@dataclass
+class EngineConfig:
+    """DeepSpeed: the JSON file of the ZeRO stage and the precision."""
+
+    deepspeed_config: str  # configs/deepspeed/zero{1,2,3}.json (relative to the working dir or the repo)
+    precision: Literal["fp32", "bf16", "fp16"]
+    device: Literal["auto", "cpu", "cuda"]
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints under ``<run dir>/checkpoints`` (or ``dir``): every N steps and at the end, keep the last K."""
+
+    every_steps: int
+    keep_last: int
+    resume: Optional[str] = None  # None, "latest" or a checkpoint folder
+    export_at_end: bool = False
+    dir: Optional[str] = None
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow (rank 0 only); URI from here, else MLFLOW_TRACKING_URI, else sqlite under the run dir."""
+
+    enabled: bool
+    experiment: str
+    log_every_steps: int
+    figure_every_steps: int  # 0 disables the alignment figure
+    figure_images: int
+    figure_words: int
+    uri: Optional[str] = None
+
+
+@dataclass
+class FaultsConfig:
+    """Non-finite losses, collective timeouts and fault injection for the tests of these paths."""
+
+    max_consecutive_bad_steps: int
+    collective_timeout_s: int
+    inject_nan_steps: list[int] = field(default_factory=list)  # make the loss NaN at these steps (testing)
+    inject_nan_rank: int = 0
+
+
+@dataclass
+class RunConfig:
+    """Where the run writes and how it is seeded."""
+
+    output_dir: str
+    name: str
+    seed: int
+    max_minutes: Optional[float] = None  # stop cleanly (checkpoint, exit 0) after this wall time
+
+
+@dataclass
+class PretrainConfig:
+    """Everything ``python -m pipeline.train`` needs."""
+
+    model: ModelConfig
+    loss: LossConfig
+    data: DataConfig
+    optim: OptimConfig
+    schedule: ScheduleConfig
+    engine: EngineConfig
+    checkpoint: CheckpointConfig
+    tracking: TrackingConfig
+    faults: FaultsConfig
+    run: RunConfig

@@ -1,0 +1,130 @@
+"""DeepSpeed engine: the filled-in DeepSpeed config, AdamW parameter groups, warm-up + cosine, the encoder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.train.config import PretrainConfig
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def find_config_file(path: str) -> Path:
+    """A config file relative to the working directory, else to the repository root."""
+    for candidate in (Path(path), REPO_ROOT / path):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"engine.deepspeed_config: {path} not found (looked in . and {REPO_ROOT})")
+
+
+def deepspeed_config(cfg: PretrainConfig, world_size: int, device_type: str) -> dict[str, Any]:
+    """The ZeRO JSON of ``engine.deepspeed_config`` with batch sizes, precision, clipping and AdamW filled in."""
+    ds = json.loads(find_config_file(cfg.engine.deepspeed_config).read_text())
+    ds = {k: v for k, v in ds.items() if not k.startswith("_")}
+    micro, accum = cfg.data.batch_size, cfg.optim.accumulation_steps
+    ds.update(
+        train_micro_batch_size_per_gpu=micro,
+        gradient_accumulation_steps=accum,
+        train_batch_size=micro * accum * world_size,
+        gradient_clipping=cfg.optim.grad_clip,
+        bf16={"enabled": cfg.engine.precision == "bf16"},
+        fp16={"enabled": cfg.engine.precision == "fp16", "initial_scale_power": 16},
+        optimizer={
+            "type": "AdamW",
+            "params": {
+                "lr": cfg.optim.lr,
+                "betas": list(cfg.optim.betas),
+                "eps": cfg.optim.eps,
+                "weight_decay": cfg.optim.weight_decay,
+                "torch_adam": True,
+                "adam_w_mode": True,
+                **({"fused": True} if device_type == "cuda" else {}),
+            },
+        },
+    )
+    return ds
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, no_decay_patterns: list[str]) -> list[dict[str, Any]]:
+    """Two AdamW groups: decayed weights, and undecayed norms / biases / temperatures / named patterns."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or any(p in name for p in no_decay_patterns):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Multiplier of the base lr at optimizer step ``step``: linear warm-up, then cosine to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class ContrastiveEncoder(nn.Module):
+    """What the engine runs forward: both encoders and the temperatures, in one call (ZeRO-3 gathers here)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_ids: torch.Tensor
+    ) -> tuple[Any, Any, dict[str, torch.Tensor]]:
+        """(ImageFeatures, TextFeatures, logit scales) of one micro-batch."""
+        image = self.model.encode_image(images)
+        text = self.model.encode_text(input_ids, attention_mask, word_ids)
+        return image, text, self.model.logit_scales()
+
+
+def _broadcast_scalar_parameters(model: nn.Module) -> None:
+    """Broadcast 0-d parameters (the temperatures) from rank 0 ourselves.
+
+    DeepSpeed 0.19's model broadcast views every parameter as bytes, which fails for 0-d tensors; it skips
+    parameters carrying ``ds_optim_param`` (an attribute it otherwise reads only for optimizer offload,
+    which we do not use), so those get that mark and are sent here instead.
+    """
+    import torch.distributed as dist
+
+    for param in model.parameters():
+        if param.ndim == 0:
+            param.ds_optim_param = True
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                dist.broadcast(param.data, src=0)
+
+
+def build_engine(cfg: PretrainConfig, model: nn.Module, world_size: int, device: torch.device, total_steps: int):
+    """``deepspeed.initialize`` on the encoder wrapper with AdamW groups and the warm-up + cosine schedule."""
+    import deepspeed
+
+    ds_config = deepspeed_config(cfg, world_size, device.type)
+    groups = parameter_groups(model, cfg.optim.weight_decay, cfg.optim.no_decay_patterns)
+    schedule = cfg.schedule
+
+    def make_scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, schedule.warmup_steps, total_steps, schedule.min_lr_ratio)
+        )
+
+    _broadcast_scalar_parameters(model)
+    engine, _, _, _ = deepspeed.initialize(
+        model=ContrastiveEncoder(model), model_parameters=groups, config=ds_config, lr_scheduler=make_scheduler
+    )
+    return engine, ds_config

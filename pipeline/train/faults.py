@@ -1,0 +1,85 @@
+"""Faults: stop signals (SIGTERM/SIGUSR1), non-finite losses agreed across ranks, injected NaNs for tests."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopRequest:
+    """Remembers that SIGTERM or SIGUSR1 arrived; the loop finishes its step, checkpoints and exits 0."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous = {}
+
+    def install(self) -> None:
+        """Catch the stop signals (main thread only)."""
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        """Restore the previous handlers."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame) -> None:
+        self.signal = signum
+        log.warning("received %s: finishing this step, then checkpoint and exit", signal.Signals(signum).name)
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop signal arrived on this rank."""
+        return self.signal is not None
+
+
+class BadStepError(RuntimeError):
+    """Too many non-finite losses in a row."""
+
+
+class BadStepGuard:
+    """Counts skipped (non-finite) steps; raises after ``limit`` in a row."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.consecutive, self.total = limit, 0, 0
+
+    def record(self, skipped: bool, step: int) -> None:
+        """Update the counts after a step; abort with a clear message after ``limit`` bad steps in a row."""
+        if not skipped:
+            self.consecutive = 0
+            return
+        self.consecutive += 1
+        self.total += 1
+        log.warning("step %d: non-finite loss on at least one rank, step skipped on all ranks (%d in a row, %d in all)",
+                    step, self.consecutive, self.total)
+        if self.consecutive >= self.limit:
+            raise BadStepError(
+                f"{self.consecutive} consecutive steps had a non-finite loss (last: step {step}; "
+                f"faults.max_consecutive_bad_steps={self.limit}): lower optim.lr, check the data, or use fp32/bf16"
+            )
+
+
+def agree_across_ranks(loss: torch.Tensor, stop: StopRequest) -> tuple[bool, bool]:
+    """(skip, stop) decided by all ranks together: skip if the loss is non-finite anywhere, stop if any rank got a signal."""
+    flags = torch.tensor(
+        [0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0, 1.0 if stop.requested else 0.0],
+        device=loss.device,
+    )
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0] > 0), bool(flags[1] > 0)
+
+
+def inject_nan(terms_loss: torch.Tensor, step: int, rank: int, steps: list[int], on_rank: int) -> torch.Tensor:
+    """The loss, made NaN at the configured steps on the configured rank (fault-injection for tests)."""
+    if step in steps and rank == on_rank:
+        log.warning("step %d: injecting a NaN loss on rank %d (faults.inject_nan_steps)", step, rank)
+        return terms_loss * float("nan")
+    return terms_loss

@@ -1,0 +1,82 @@
+"""MLflow tracking (rank 0 only): params, per-step metrics, artifacts and patch-word alignment figures."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import flatten
+from pipeline.train.config import TrackingConfig
+
+log = logging.getLogger(__name__)
+MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
+PARAMS_PER_CALL = 100
+
+
+def tracking_uri(cfg: TrackingConfig, run_dir: Path) -> str:
+    """``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<run dir>/mlflow.db``."""
+    return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+
+
+def ui_command(uri: str) -> str:
+    """The command that opens the MLflow UI on this store."""
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+class Tracker:
+    """An MLflow run on rank 0; on other ranks (or when disabled) every call is a no-op."""
+
+    def __init__(self, cfg: TrackingConfig, run_dir: Path, is_main: bool) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        self.active = cfg.enabled and is_main
+        self.uri = tracking_uri(cfg, run_dir)
+        self.run_id: str | None = None
+        self._mlflow: Any = None
+
+    def start(self, run_name: str, resume_run_id: str | None, config: Any) -> str | None:
+        """Start (or, with ``resume_run_id``, continue) the run; log the flattened config as params on a new run."""
+        if not self.active:
+            return resume_run_id
+        import mlflow
+
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(self.uri)
+        experiment = mlflow.get_experiment_by_name(self.cfg.experiment)
+        if experiment is None:
+            artifacts = (self.run_dir / "mlartifacts").resolve().as_uri()
+            experiment_id = mlflow.create_experiment(self.cfg.experiment, artifact_location=artifacts)
+        else:
+            experiment_id = experiment.experiment_id
+        if resume_run_id is not None:
+            run = mlflow.start_run(run_id=resume_run_id)
+            log.info("continuing MLflow run %s", resume_run_id)
+        else:
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+            params = {k: str(v)[:MAX_PARAM_CHARS] for k, v in flatten(config).items()}
+            items = sorted(params.items())
+            for i in range(0, len(items), PARAMS_PER_CALL):
+                mlflow.log_params(dict(items[i : i + PARAMS_PER_CALL]))
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log scalar metrics at ``step``."""
+        if self.active and metrics:
+            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        """Copy a file into the run's artifacts."""
+        if self.active:
+            self._mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        """Store a matplotlib figure as a PNG artifact."""
+        if self.active:
+            self._mlflow.log_figure(figure, name)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """End the run (FINISHED, KILLED after a stop signal, FAILED)."""
+        if self.active and self._mlflow is not None and self._mlflow.active_run() is not None:
+            self._mlflow.end_run(status=status)
