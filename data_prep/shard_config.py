@@ -33,6 +33,7 @@ class ShardConfig:
     image_size: int
     image_format: Literal["png", "jpg", "png16"]
     jpg_quality: int
+    png_compress_level: int
     shard_size: int
     workers: int
     views: list[str]
@@ -58,6 +59,7 @@ class ShardConfig:
         checks = [
             (self.image_size > 0, f"image_size must be > 0, got {self.image_size}"),
             (1 <= self.jpg_quality <= 100, f"jpg_quality must be in 1..100, got {self.jpg_quality}"),
+            (0 <= self.png_compress_level <= 9, f"png_compress_level must be in 0..9, got {self.png_compress_level}"),
             (self.shard_size > 0, f"shard_size must be > 0, got {self.shard_size}"),
             (self.workers >= 1, f"workers must be >= 1, got {self.workers}"),
             (bool(self.views), "views must name at least one view"),

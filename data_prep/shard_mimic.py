@@ -73,6 +73,7 @@ def _settings(cfg: ShardConfig) -> SampleSettings:
         output_bits=cfg.output_bits,
         image_extension=cfg.image_extension,
         jpg_quality=cfg.jpg_quality,
+        png_compress_level=cfg.png_compress_level,
         window=WindowSettings(cfg.window.use_file_voi, cfg.window.percentile_low, cfg.window.percentile_high),
         text_sections=tuple(cfg.text_sections),
         use_fallback=cfg.use_fallback,

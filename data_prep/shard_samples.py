@@ -36,6 +36,7 @@ class SampleSettings:
     output_bits: int
     image_extension: str
     jpg_quality: int
+    png_compress_level: int
     window: WindowSettings
     text_sections: tuple[str, ...]
     use_fallback: bool
@@ -122,12 +123,12 @@ def load_jpg_image(path: Path, size: int, bits: int) -> tuple[np.ndarray, dict[s
     return quantize(resized, bits), transform, (int(gray.shape[0]), int(gray.shape[1]))
 
 
-def encode_image(image: np.ndarray, extension: str, jpg_quality: int) -> bytes:
-    """PNG (8 or 16-bit grayscale) or JPEG bytes of a 2-D image."""
+def encode_image(image: np.ndarray, extension: str, jpg_quality: int, png_compress_level: int) -> bytes:
+    """PNG (8 or 16-bit grayscale, zlib level ``png_compress_level``) or JPEG bytes of a 2-D image."""
     buf = io.BytesIO()
     pil = Image.fromarray(image)
     if extension == "png":
-        pil.save(buf, format="PNG", compress_level=6)
+        pil.save(buf, format="PNG", compress_level=png_compress_level)
     else:
         pil.save(buf, format="JPEG", quality=jpg_quality)
     return buf.getvalue()
@@ -158,7 +159,7 @@ def build_sample(candidate: Candidate, settings: SampleSettings) -> tuple[list[t
         "original_size": list(original),
     }
     members = [
-        (settings.image_extension, encode_image(image, settings.image_extension, settings.jpg_quality)),
+        (settings.image_extension, encode_image(image, settings.image_extension, settings.jpg_quality, settings.png_compress_level)),
         ("json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")),
         ("txt", text.encode("utf-8")),
     ]

@@ -14,6 +14,7 @@ from data_prep.dicom_pixels import (
     DicomReadError,
     WindowSettings,
     _window_to_unit,
+    apply_lut,
     decode_pixels,
     dicom_to_image,
     display_lut,
@@ -152,3 +153,13 @@ def test_bad_files_raise_errors_naming_the_file(tmp_path: Path) -> None:
     with pytest.raises(DicomReadError, match="mpeg.dcm") as err:
         decode_pixels(ds, tmp_path / "mpeg.dcm")
     assert err.value.reason == "unsupported_transfer_syntax"
+
+
+@pytest.mark.parametrize(("dtype", "offset"), [(np.uint16, 0), (np.int16, 32768)])
+def test_chunked_lookup_equals_fancy_indexing(dtype: type, offset: int) -> None:
+    """The chunked np.take path gives exactly lut[stored + offset], for unsigned and signed data."""
+    rng = np.random.default_rng(4)
+    info = np.iinfo(dtype)
+    stored = rng.integers(info.min, info.max, size=(131, 77), endpoint=True).astype(dtype)
+    lut = rng.random(65536).astype(np.float32)
+    np.testing.assert_array_equal(apply_lut(lut, stored, offset, rows_per_chunk=10), lut[stored.astype(np.int64) + offset])

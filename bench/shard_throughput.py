@@ -1,0 +1,156 @@
+"""Sharding throughput on MIMIC-sized phantom films vs the decode-bound limit, measured in one run.
+
+    python bench/shard_throughput.py [--studies 4] [--copies 2] [--image-size 512] [--workdir DIR]
+
+Phantom studies are generated at MIMIC-CXR's real film sizes (2500-3000 px a side, 12-16 bits) and
+every film is written twice: uncompressed (Explicit VR Little Endian) and JPEG 2000 lossless. For each
+encoding the script measures, on the same machine in the same run:
+
+* limit: pydicom decode + float conversion + the sharder's resize only (nothing else, nothing written),
+  one process;
+* ours, 1 worker and 2 workers: the full sharder (CSV join, report parsing, LUT/window, resize, PNG,
+  tar, checksums, manifest).
+
+It prints images/s, the per-worker fraction of the limit, the 2-worker speedup and a projection for
+the full MIMIC-CXR (377,110 images) on a 64-core node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pydicom  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless  # noqa: E402
+
+from data_prep.dicom_pixels import resize_short_side  # noqa: E402
+from data_prep.make_phantoms import make_phantoms  # noqa: E402
+from data_prep.shard_mimic import ShardConfig, shard_mimic  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MIMIC_IMAGES = 377_110
+NODE_CORES = 64
+ENCODINGS = {"uncompressed": ExplicitVRLittleEndian, "jpeg2000": JPEG2000Lossless}
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a gzipped CSV."""
+    return list(csv.DictReader(io.StringIO(gzip.decompress(path.read_bytes()).decode("utf-8"))))
+
+
+def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
+    """A gzipped CSV with the columns of the first row."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_bytes(gzip.compress(buf.getvalue().encode("utf-8"), mtime=0))
+
+
+def build_encoded_copy(source: Path, dest: Path, syntax: str, copies: int) -> list[Path]:
+    """``source`` phantom set re-encoded with ``syntax``, each film present ``copies`` times (new dicom_ids)."""
+    meta, split = _read_csv(source / "mimic-cxr-2.0.0-metadata.csv.gz"), _read_csv(source / "mimic-cxr-2.0.0-split.csv.gz")
+    split_of = {r["dicom_id"]: r for r in split}
+    new_meta, new_split, films = [], [], []
+    for film in sorted(source.glob("files/**/*.dcm")):
+        ds = pydicom.dcmread(film)
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress()  # uncompressed films stay in their (explicit or implicit VR) little endian syntax
+        if syntax != ExplicitVRLittleEndian:
+            ds.compress(syntax, encoding_plugin="pylibjpeg")
+        row = next(r for r in meta if r["dicom_id"] == film.stem)
+        for k in range(copies):
+            dicom_id = f"{film.stem}-{k}"
+            target = dest / film.relative_to(source).with_name(f"{dicom_id}.dcm")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(target, enforce_file_format=True)
+            films.append(target)
+            new_meta.append({**row, "dicom_id": dicom_id, "ViewPosition": row["ViewPosition"]})
+            new_split.append({**split_of[film.stem], "dicom_id": dicom_id, "split": "train"})
+    for report in source.glob("files/**/*.txt"):
+        target = dest / report.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(report, target)
+    _write_csv(dest / "mimic-cxr-2.0.0-metadata.csv.gz", new_meta)
+    _write_csv(dest / "mimic-cxr-2.0.0-split.csv.gz", new_split)
+    shutil.copy(source / "mimic-cxr-2.0.0-chexpert.csv.gz", dest / "mimic-cxr-2.0.0-chexpert.csv.gz")
+    return films
+
+
+def decode_bound_rate(films: list[Path], size: int) -> float:
+    """Images/s of pydicom decode + float conversion + resize alone (one process, nothing written)."""
+    start = time.perf_counter()
+    for film in films:
+        pixels = pydicom.dcmread(film).pixel_array
+        resize_short_side(pixels.astype(np.float32), size)
+    return len(films) / (time.perf_counter() - start)
+
+
+def sharder_rate(root: Path, out: Path, size: int, workers: int, n: int) -> float:
+    """Images/s of the full sharder (all views, min_words 0, so every film is written)."""
+    overrides = {"mimic_root": str(root), "out": str(out), "image_size": size, "workers": workers,
+                 "shard_size": max(1, n // 4), "views": ["PA", "AP", "LATERAL", "LL"], "splits": ["train"],
+                 "min_words": 0, "max_skip_fraction": 1.0}
+    cfg = load_config(ShardConfig, REPO / "configs" / "data" / "mimic.yaml", [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+    start = time.perf_counter()
+    manifest = shard_mimic(cfg)
+    seconds = time.perf_counter() - start
+    written = manifest["splits"]["train"]["num_samples"]
+    return written / seconds
+
+
+def main() -> None:
+    """Generate, measure, print."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--studies", type=int, default=4, help="phantom studies (about 2 films each)")
+    parser.add_argument("--copies", type=int, default=2, help="copies of each film per encoding")
+    parser.add_argument("--image-size", type=int, default=512, help="short side written by the sharder")
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp folder)")
+    args = parser.parse_args()
+    os.environ.setdefault("CI", "1")  # no progress bars in the benchmark output
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="shard_bench_"))
+    started = time.perf_counter()
+    phantom = make_phantoms(work / "phantom", studies=args.studies, seed=7, image_size_range=(2500, 3000),
+                            split_fractions=(1.0, 0.0, 0.0))
+    print(f"phantom films generated in {time.perf_counter() - started:.0f} s; cpu cores visible: {os.cpu_count()}")
+    results = {}
+    for name, syntax in ENCODINGS.items():
+        films = build_encoded_copy(phantom, work / name, syntax, args.copies)
+        shapes = [pydicom.dcmread(f, stop_before_pixels=True) for f in films[:: args.copies]]
+        limit = decode_bound_rate(films, args.image_size)
+        one = sharder_rate(work / name, work / f"{name}_out1", args.image_size, 1, len(films))
+        two = sharder_rate(work / name, work / f"{name}_out2", args.image_size, 2, len(films))
+        results[name] = (limit, one, two)
+        sizes = sorted({f"{d.Rows}x{d.Columns}/{d.BitsStored}b" for d in shapes})
+        print(f"\n[{name}] {len(films)} films: {', '.join(sizes)}")
+        print(f"  decode-bound limit (decode + resize, 1 process): {limit:7.2f} images/s")
+        print(f"  sharder, 1 worker:                               {one:7.2f} images/s  = {one / limit:.2f} of the limit")
+        print(f"  sharder, 2 workers:                              {two:7.2f} images/s  = {two / (2 * limit):.2f} of the limit per worker")
+        print(f"  2-worker speedup:                                {two / one:7.2f}x")
+    print(f"\nprojection for MIMIC-CXR ({MIMIC_IMAGES:,} images) on a {NODE_CORES}-core node "
+          f"(1-worker rate x {NODE_CORES} x measured 2-worker efficiency):")
+    for name, (_, one, two) in results.items():
+        efficiency = min(1.0, two / (2 * one))
+        rate = one * NODE_CORES * efficiency
+        print(f"  {name:13s} {rate:8.1f} images/s -> {MIMIC_IMAGES / rate / 3600:5.2f} h")
+    print(f"(total benchmark time {time.perf_counter() - started:.0f} s; scratch in {work})")
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
