@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as `python launch/slurm_pretrain.py`: make 
 
 import submitit  # noqa: E402
 
-from launch import mlflow_runs  # noqa: E402
+from launch import pretrain_run  # noqa: E402
 from launch.preemption import PreemptionRelay  # noqa: E402
 from launch.slurm_config import SlurmConfig, load_slurm_config, split_overrides  # noqa: E402
 from launch.slurm_submit import log_paths, make_executor, render_sbatch  # noqa: E402
@@ -57,13 +57,19 @@ class PretrainJob(submitit.helpers.Checkpointable):
     config_path: str
     overrides: list[str]
     slurm: SlurmConfig
-    mlflow: mlflow_runs.RunRef | None
+    mlflow: pretrain_run.RunRef | None
     attempt: int = 0
 
     def trainer_overrides(self) -> list[str]:
-        """The training overrides of this attempt: a requeued attempt resumes from the newest checkpoint."""
+        """The training overrides of this attempt: a requeued attempt resumes from the newest checkpoint.
+
+        Without a checkpoint yet the attempt starts afresh with the first attempt's overrides, so the
+        parameters it logs into the (same) MLflow run do not change value.
+        """
         requeued = self.attempt > 0 or int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
-        return [*self.overrides, RESUME_LATEST] if requeued else list(self.overrides)
+        if requeued and pretrain_run.has_checkpoint(pretrain_run.load_train_config(self.config_path, self.overrides)):
+            return [*self.overrides, RESUME_LATEST]
+        return list(self.overrides)
 
     def __call__(self) -> Any:
         """Export this task's distributed environment, record the attempt, train; requeue if preempted."""
@@ -75,7 +81,7 @@ class PretrainJob(submitit.helpers.Checkpointable):
         if self.mlflow is not None:
             self.mlflow.export()
             if task.rank == 0:
-                mlflow_runs.record_attempt(self.mlflow, task.job_id)
+                pretrain_run.record_attempt(self.mlflow, task.job_id)
         with PreemptionRelay() as relay:
             result = run_trainer(self.config_path, self.trainer_overrides())
         if relay.preempted and task.rank == 0:
@@ -98,7 +104,7 @@ class PretrainJob(submitit.helpers.Checkpointable):
 
 def build_job(config_path: str, overrides: list[str], slurm: SlurmConfig, create_run: bool) -> PretrainJob:
     """The job for a resolved submission; with ``create_run`` its MLflow run is created (SCHEDULED) now."""
-    run = mlflow_runs.create_run(config_path, overrides, slurm) if create_run else None
+    run = pretrain_run.create_run(config_path, overrides, slurm) if create_run else None
     return PretrainJob(str(Path(config_path).resolve()), list(overrides), slurm, run)
 
 
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path.cwd()
     try:
         slurm = load_slurm_config(args.slurm, slurm_overrides)
-        train_cfg = mlflow_runs.load_train_config(args.config, train_overrides)
+        train_cfg = pretrain_run.load_train_config(args.config, train_overrides)
     except (ConfigError, ValueError) as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,6 @@
-"""The one MLflow run of a SLURM pre-training job: created at submission, continued by every attempt.
+"""The training run seen from the launcher: its resolved config, its folders and its one MLflow run.
+
+The MLflow run of a SLURM job is created at submission and continued by every attempt.
 
 The run is created (status SCHEDULED) when the job is submitted, so its id can be printed at once.
 Each task exports ``MLFLOW_TRACKING_URI`` and ``MLFLOW_RUN_ID``; the trainer's ``mlflow.start_run()``
@@ -38,24 +40,41 @@ def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> Pretra
     return load_config(PretrainConfig, path, overrides)
 
 
-def tracking_uri(cfg: PretrainConfig) -> str:
-    """The trainer's tracking URI: ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else sqlite under the run dir."""
-    from pipeline.train.tracking import resolve_tracking_uri
+def run_dir(cfg: PretrainConfig) -> Path:
+    """The trainer's run folder (``run.output_dir/run.name``, relative to the job's working directory)."""
+    return Path(cfg.run.output_dir) / cfg.run.name
 
-    return resolve_tracking_uri(cfg)
+
+def checkpoint_dir(cfg: PretrainConfig) -> Path:
+    """Where the trainer keeps its checkpoints (``checkpoint.dir``, else ``<run dir>/checkpoints``)."""
+    return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir(cfg) / "checkpoints"
+
+
+def has_checkpoint(cfg: PretrainConfig) -> bool:
+    """Whether the trainer would find a complete checkpoint to resume from."""
+    from pipeline.train.checkpoint import complete_checkpoints
+
+    return bool(complete_checkpoints(checkpoint_dir(cfg)))
 
 
 def create_run(config_path: str | Path, overrides: Sequence[str], slurm: object) -> RunRef | None:
     """Create the job's MLflow run (SCHEDULED, tagged with the SLURM request); None when tracking is off."""
     from mlflow.tracking import MlflowClient
 
+    from pipeline.train.tracking import tracking_uri
+
     cfg = load_train_config(config_path, overrides)
     if not cfg.tracking.enabled:
         return None
-    uri = tracking_uri(cfg)
+    folder = run_dir(cfg)
+    uri = tracking_uri(cfg.tracking, folder)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.tracking.experiment)
+    if experiment is None:  # as the trainer would create it: artifacts next to the run
+        artifacts = (folder / "mlartifacts").resolve().as_uri()
+        experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
+    else:
+        experiment_id = experiment.experiment_id
     tags = {f"slurm.{k}": str(v) for k, v in flatten(slurm).items()}
     tags["slurm.config_path"] = str(Path(config_path).resolve())
     run = client.create_run(experiment_id, run_name=cfg.run.name, tags=tags)
