@@ -91,23 +91,24 @@ class ContrastiveEncoder(nn.Module):
         """(ImageFeatures, TextFeatures, logit scales) of one micro-batch."""
         image = self.model.encode_image(images)
         text = self.model.encode_text(input_ids, attention_mask, word_ids)
-        return image, text, self.model.logit_scales()
+        scales = {k: v.reshape(()) for k, v in self.model.logit_scales().items()}
+        return image, text, scales
 
 
-def _broadcast_scalar_parameters(model: nn.Module) -> None:
-    """Broadcast 0-d parameters (the temperatures) from rank 0 ourselves.
+def vectorise_scalar_parameters(model: nn.Module) -> list[str]:
+    """Give every 0-d parameter (the temperatures) shape [1]; returns their names.
 
-    DeepSpeed 0.19's model broadcast views every parameter as bytes, which fails for 0-d tensors; it skips
-    parameters carrying ``ds_optim_param`` (an attribute it otherwise reads only for optimizer offload,
-    which we do not use), so those get that mark and are sent here instead.
+    DeepSpeed 0.19 broadcasts and partitions parameters through a byte view, which fails for 0-d
+    tensors (ZeRO-1/2 model broadcast and ZeRO-3 partitioning alike). The values are unchanged;
+    :class:`ContrastiveEncoder` hands the loss 0-d scales again and the export restores the shapes.
     """
-    import torch.distributed as dist
-
-    for param in model.parameters():
-        if param.ndim == 0:
-            param.ds_optim_param = True
-            if dist.is_initialized() and dist.get_world_size() > 1:
-                dist.broadcast(param.data, src=0)
+    names = []
+    for module_name, module in model.named_modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if param.ndim == 0:
+                setattr(module, name, nn.Parameter(param.detach().reshape(1).clone(), requires_grad=param.requires_grad))
+                names.append(f"{module_name}.{name}" if module_name else name)
+    return names
 
 
 def build_engine(cfg: PretrainConfig, model: nn.Module, world_size: int, device: torch.device, total_steps: int):
@@ -115,6 +116,7 @@ def build_engine(cfg: PretrainConfig, model: nn.Module, world_size: int, device:
     import deepspeed
 
     ds_config = deepspeed_config(cfg, world_size, device.type)
+    vectorise_scalar_parameters(model)
     groups = parameter_groups(model, cfg.optim.weight_decay, cfg.optim.no_decay_patterns)
     schedule = cfg.schedule
 
@@ -123,7 +125,6 @@ def build_engine(cfg: PretrainConfig, model: nn.Module, world_size: int, device:
             optimizer, lambda s: lr_factor(s, schedule.warmup_steps, total_steps, schedule.min_lr_ratio)
         )
 
-    _broadcast_scalar_parameters(model)
     engine, _, _, _ = deepspeed.initialize(
         model=ContrastiveEncoder(model), model_parameters=groups, config=ds_config, lr_scheduler=make_scheduler
     )

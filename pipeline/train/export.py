@@ -43,7 +43,8 @@ def export_model(model: torch.nn.Module, model_cfg: Any, tokenizer: Any, out_dir
     missing = [k for k in expected if k not in state]
     if missing:
         raise RuntimeError(f"export: consolidated weights lack {missing[:5]}")
-    fresh.load_state_dict({k: state[k] for k in expected}, strict=True)
+    # the trainer stored 0-d parameters as shape [1] (see engine.vectorise_scalar_parameters)
+    fresh.load_state_dict({k: state[k].reshape(v.shape) for k, v in expected.items()}, strict=True)
     fresh.export(out_dir, tokenizer)
     log.info("exported fp32 encoders to %s", out_dir)
     return out_dir

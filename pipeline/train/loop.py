@@ -83,6 +83,8 @@ class Trainer:
         prepare_accelerator_env(cfg.engine.device)
         self.cfg = cfg = resolve_model_sources(cfg)
         self.env = discover_env()
+        self.shards = resolve_shards(cfg.data.train_split, manifest=cfg.data.manifest, shard_root=cfg.data.shard_root,
+                                     pattern=cfg.data.pattern, num_samples=cfg.data.num_samples)
         setup_logging(self.env.rank, self.env.world_size)
         self.device = select_device(cfg.engine.device, self.env.local_rank)
         init_distributed(self.env, self.device, cfg.faults.collective_timeout_s)
@@ -93,8 +95,6 @@ class Trainer:
         self.accum = cfg.optim.accumulation_steps
         self.global_batch = cfg.data.batch_size * self.world * self.accum
 
-        self.shards = resolve_shards(cfg.data.train_split, manifest=cfg.data.manifest, shard_root=cfg.data.shard_root,
-                                     pattern=cfg.data.pattern, num_samples=cfg.data.num_samples)
         samples = cfg.data.epoch_samples or self.shards.num_samples
         self.steps_per_epoch = micro_batches_per_epoch(samples, cfg.data.batch_size, self.world, self.accum) // self.accum
         total = self.steps_per_epoch * cfg.schedule.epochs
@@ -222,7 +222,7 @@ class Trainer:
                                      "skipped": skipped, "lr": lr}) + "\n")
         if state.step % self.cfg.tracking.log_every_steps != 0 and state.step != self.total_steps:
             return
-        scalars = {k: float(v) for k, v in terms.items() if v.ndim == 0}
+        scalars = {k: float(v) for k, v in terms.items() if v.numel() == 1}
         grad_norm = self.engine.get_global_grad_norm()
         metrics = _mean_over_ranks({**scalars, "data_wait_fraction": timing["wait"] / max(timing["total"], 1e-9),
                                     "samples_per_s": self.global_batch / max(timing["total"], 1e-9)}, self.device)
