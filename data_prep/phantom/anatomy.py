@@ -141,9 +141,9 @@ class FrontalAnatomy(Anatomy):
         self.dome_top["left"] = self.dome_top["right"] + rng.uniform(0.02, 0.07)
         self.apex = -0.86 + rng.uniform(-0.03, 0.03)
         ah = ctr * self.half_width
-        bh = 0.27 + 0.15 * (ctr - 0.45)
+        bh = 0.30 + 0.15 * (ctr - 0.45)
         dome_mean = 0.5 * (self.dome_top["left"] + self.dome_top["right"])
-        self.heart_f = ellipse_f(g.x, g.y, ah / 3.0, dome_mean - 0.08, ah, bh)
+        self.heart_f = ellipse_f(g.x, g.y, 0.4 * ah, dome_mean - 0.14, ah, bh)
         self.mediastinum_f = np.abs(g.x - 0.02) - (0.10 + 0.03 * (g.y + 0.9))
         self.density = self._render_density(rng)
 
@@ -210,7 +210,7 @@ class FrontalAnatomy(Anatomy):
             a = a - 0.06 * soft(bronchus - 0.018, 2 * e)
             clavicle = segment_distance(x, y, (s * 0.1, -0.82), (s * 0.72, -0.97))
             a = a + 0.12 * soft(clavicle - 0.028, 2 * e) * body
-        a = a + 0.06 * soft(np.abs(x) - 0.075, 2 * e) * body  # spine
+        a = a + 0.035 * soft(np.abs(x) - 0.075, 2 * e) * body  # spine
         t = np.abs(x) / self.half_width
         phase = (y - (0.25 * t * t - 0.12 * t) + 0.9) / 0.155
         rib = soft(np.abs(phase - np.round(phase)) * 0.155 - 0.02, 5 * e)

@@ -90,10 +90,14 @@ def draw_atelectasis(rng: np.random.Generator, a: np.ndarray, anatomy: Anatomy, 
     g = anatomy.grid
     for side in _sides(f.side):
         lateral = anatomy.lateral_sign(side)
-        centre = anatomy.dome_y(side) - rng.uniform(0.08, 0.14) + rng.uniform(-0.06, 0.06) * lateral
-        half = rng.uniform(0.012, 0.02)
-        band = soft(np.abs(g.y - centre) - half, 2 * g.px) * ((lateral > 0.2) & (lateral < 0.8))
-        band *= anatomy.lung_mask(side)
+        lung = anatomy.lung_mask(side)
+        tilt, half = rng.uniform(-0.06, 0.06), rng.uniform(0.012, 0.02)
+        # Start just above the dome; climb if a big heart or a rotation leaves no lung there.
+        for lift in np.linspace(rng.uniform(0.08, 0.14), 0.6, 12):
+            centre = anatomy.dome_y(side) - lift + tilt * lateral
+            band = soft(np.abs(g.y - centre) - half, 2 * g.px) * ((lateral > 0.15) & (lateral < 0.85)) * lung
+            if (band > 0.5).any():
+                break
         a += 0.22 * band
         mask |= band > 0.5
     return mask
