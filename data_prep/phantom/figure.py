@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import argparse
+import io
 import textwrap
 from pathlib import Path
 
 import matplotlib
+from PIL import Image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -67,8 +69,11 @@ def render_figure(out: Path, seed: int = 0, size: int = 384) -> None:
     fig.suptitle("Phantom MIMIC-CXR: synthetic images (mask outlines in colour) and their reports", fontsize=13)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=72)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=60, format="png")
     plt.close(fig)
+    # A 256-colour palette keeps the committed PNG small.
+    Image.open(buffer).convert("RGB").quantize(256).save(out, optimize=True)
 
 
 def main() -> None:
