@@ -105,6 +105,7 @@ NORMALS: tuple[tuple[str, str, frozenset[str], float], ...] = (
 )
 PRESENT_TEMPLATES = ("There {be} {art}{phrase}.", "Again seen {be} {art}{phrase}.", "New {phrase}.")
 IMPRESSION_TEMPLATES = ("There {be} {art}{phrase}.", "Redemonstration of {art}{phrase}.")
+FIRST_STUDY_TEMPLATES = ("There {be} {art}{phrase}.", "Findings are consistent with {art}{phrase}.")
 UNCERTAIN_TEMPLATES = ("Possible {phrase}.", "Cannot exclude {art}{phrase}.", "There may be {art}{phrase}.",
                        "Questionable {phrase}.")  # fmt: skip
 
@@ -249,7 +250,7 @@ def _countable(finding: Finding) -> bool:
     return finding.kind in ("effusion", "pneumothorax", "lesion") and finding.side != "bilateral"
 
 
-def _finding_statement(rng: np.random.Generator, finding: Finding, impression: bool) -> Statement:
+def _finding_statement(rng: np.random.Generator, finding: Finding, impression: bool, prior: bool) -> Statement:
     """A sentence that contains the finding's phrase verbatim (never at the sentence start) and its labels."""
     value = PRESENT if finding.status == "present" else UNCERTAIN
     labels = dict.fromkeys(finding.labels, value)
@@ -260,7 +261,12 @@ def _finding_statement(rng: np.random.Generator, finding: Finding, impression: b
             text = pick(rng, (f"The {finding.phrase} terminates in the mid SVC.",
                               f"The tip of the {finding.phrase} is at the cavoatrial junction."))  # fmt: skip
         return Statement(text, labels)
-    templates = UNCERTAIN_TEMPLATES if value == UNCERTAIN else IMPRESSION_TEMPLATES if impression else PRESENT_TEMPLATES
+    if value == UNCERTAIN:
+        templates = UNCERTAIN_TEMPLATES
+    elif not prior:  # "again seen" / "new" need an earlier study
+        templates = FIRST_STUDY_TEMPLATES
+    else:
+        templates = IMPRESSION_TEMPLATES if impression else PRESENT_TEMPLATES
     plural = finding.side == "bilateral" and finding.kind == "effusion"
     text = pick(rng, templates).format(
         be="are" if plural else "is", art="a " if _countable(finding) else "", phrase=finding.phrase
@@ -285,8 +291,11 @@ def _negations(rng: np.random.Generator, forbidden: frozenset[str], count: int) 
 # --------------------------------------------------------------------------- a whole study
 
 
-def sample_case(rng: np.random.Generator) -> StudyCase:
-    """Draw a study's views, findings and report statements, consistent by construction."""
+def sample_case(rng: np.random.Generator, prior: bool) -> StudyCase:
+    """Draw a study's views, findings and report statements, consistent by construction.
+
+    ``prior`` says whether the patient has an earlier study (words like "again seen" need one).
+    """
     views = pick(rng, [v for v, _ in VIEW_SETS], [w for _, w in VIEW_SETS])
     portable = views == ("AP",)
     style = pick(rng, REPORT_STYLES, (0.78, 0.07, 0.06, 0.06, 0.03))
@@ -305,17 +314,17 @@ def sample_case(rng: np.random.Generator) -> StudyCase:
     forbidden = frozenset().union(*(CONFLICTS[f.kind] for f in findings))
     normal = None if pathology else pick(rng, NORMALS, [n[3] for n in NORMALS])
 
-    body = [_finding_statement(rng, f, impression=False) for f in devices + pathology]
+    body = [_finding_statement(rng, f, impression=False, prior=prior) for f in devices + pathology]
     if normal is not None:
         body.append(Statement(normal[0], dict.fromkeys(normal[2], NEGATED)))
     else:
         body += _negations(rng, forbidden, int(rng.integers(1, 4)))
-    summary = [_finding_statement(rng, f, impression=True) for f in pathology]
+    summary = [_finding_statement(rng, f, impression=True, prior=prior) for f in pathology]
     if normal is not None:
         summary.append(Statement(normal[1]))
     elif rng.random() < 0.3:
         summary += _negations(rng, forbidden, 1)
-    device_summary = [_finding_statement(rng, f, impression=True) for f in devices]
+    device_summary = [_finding_statement(rng, f, impression=True, prior=prior) for f in devices]
 
     if style == "full":
         summary = [s for s in device_summary if rng.random() < 0.5] + summary
@@ -324,5 +333,5 @@ def sample_case(rng: np.random.Generator) -> StudyCase:
         return StudyCase(views, style, tuple(findings), tuple(body), None)
     if style == "impression_only":
         return StudyCase(views, style, tuple(findings), None, tuple(device_summary + summary))
-    short = [_finding_statement(rng, f, impression=True) for f in findings]
+    short = [_finding_statement(rng, f, impression=True, prior=prior) for f in findings]
     return StudyCase(views, style, tuple(findings), None, tuple(short or [Statement(normal[1])]))

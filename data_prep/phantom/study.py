@@ -91,7 +91,7 @@ def study_rng(seed: int, index: int, stream: int) -> np.random.Generator:
 def render_study(seed: int, plan: StudyPlan, image_size_range: tuple[int, int]) -> RenderedStudy:
     """Draw a study's case and report and render every image (no files are touched)."""
     rng = study_rng(seed, plan.index, 0)
-    case = sample_case(rng)
+    case = sample_case(rng, prior=plan.study_in_patient > 0)
     report = render_report(rng, plan, case, non_ascii=bool(rng.random() < NON_ASCII_RATE))
     orientation = "Recumbent" if case.views == ("AP",) and rng.random() < 0.7 else "Erect"
     cardiomegaly = next((f.severity for f in case.findings if f.kind == "cardiomegaly"), None)

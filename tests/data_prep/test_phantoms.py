@@ -170,7 +170,7 @@ def test_case_and_report_language_over_many_studies() -> None:
     styles, impressions, non_ascii, uncertain = Counter(), Counter(), 0, 0
     for i in range(1500):
         rng = np.random.default_rng([7, i])
-        case = sample_case(rng)
+        case = sample_case(rng, prior=i % 2 == 1)
         report = render_report(rng, plan, case, non_ascii=i % 10 == 0)
         labels = chexpert_labels(case)
         styles[case.style] += 1
