@@ -115,20 +115,20 @@ def test_checkpoint_resubmits_resuming_the_same_mlflow_run(first_attempt, mlflow
     again = delayed.function
     assert isinstance(again, PretrainJob) and again.attempt == 1 and again.mlflow == job.mlflow
     assert again.trainer_overrides()[-1] == RESUME_LATEST  # a complete checkpoint exists
-    # As if attempt 0 had hit its time limit at step 2 of 4.
-    again.overrides = [o for o in again.overrides if not o.startswith("schedule.max_steps=")] + ["schedule.max_steps=4"]
+    # As if attempt 0 had hit its time limit at step 2 of 3.
+    again.overrides = [o for o in again.overrides if not o.startswith("schedule.max_steps=")] + ["schedule.max_steps=3"]
     second = submit(again, repo_root)
     assert second.results() == [0, 0]
 
     log0 = Path(second.paths.folder, f"{second.job_id}_0_log.err").read_text()
-    assert "resumed from" in log0 and "step 2" in log0 and "continuing MLflow run" in log0
+    assert "resumed from" in log0 and "step000000002: epoch 0, step 2" in log0 and "continuing MLflow run" in log0
     steps = [json.loads(line)["step"] for line in (tmp / "runs" / "slurm" / "steps.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+    assert steps == [1, 2, 3]
     run = _run(mlflow_uri, job.mlflow.run_id)
     assert run.data.params[f"{ATTEMPT_PARAM}0"] == first.job_id
     assert run.data.params[f"{ATTEMPT_PARAM}1"] == second.job_id
     assert run.data.tags["slurm.attempts"] == "2" and run.info.status == "FINISHED"
-    assert _loss_steps(mlflow_uri, job.mlflow.run_id) == [1, 2, 3, 4]
+    assert _loss_steps(mlflow_uri, job.mlflow.run_id) == [1, 2, 3]
 
 
 def test_requeues_stop_at_max_requeues(tmp_path: Path) -> None:
