@@ -232,7 +232,7 @@ class LateralAnatomy(Anatomy):
         self.dome_low = rng.uniform(0.34, 0.42)
         self.apex = -0.84 + rng.uniform(-0.03, 0.03)
         ah = 0.28 * ctr / 0.45
-        self.heart_f = ellipse_f(g.x, g.y, -0.22 + 0.3 * (ah - 0.28), self.dome_low - 0.05, ah, 0.26)
+        self.heart_f = ellipse_f(g.x, g.y, -0.24 + 0.3 * (ah - 0.28), self.dome_low + 0.02, ah, 0.3)
         self.density = self._render_density(rng)
 
     def dome_y(self, side: str) -> np.ndarray:

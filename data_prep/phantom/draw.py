@@ -13,7 +13,7 @@ from data_prep.phantom.case import Finding
 
 DRAW_ORDER = ("cardiomegaly", "effusion", "consolidation", "atelectasis", "lesion", "edema", "pneumothorax", "device")
 EFFUSION_HEIGHT = {"small": 0.12, "moderate": 0.26, "large": 0.45}
-PNEUMOTHORAX_DEPTH = {"small": (0.06, 0.45), "large": (0.16, 0.8)}  # (rim depth, fraction of lung height)
+PNEUMOTHORAX_DEPTH = {"small": (0.05, 0.3), "large": (0.15, 0.7)}  # (rim depth, fraction of lung height)
 EDEMA = {"mild": (0.38, 0.10), "moderate": (0.5, 0.17)}  # (radius, density added)
 MM_TO_BODY = 0.004  # nodules are drawn a little larger than life so they survive downsampling
 
