@@ -11,8 +11,9 @@ encoding the script measures, on the same machine in the same run:
 * ours, 1 worker and 2 workers: the full sharder (CSV join, report parsing, LUT/window, resize, PNG,
   tar, checksums, manifest).
 
-It prints images/s, the per-worker fraction of the limit, the 2-worker speedup and a projection for
-the full MIMIC-CXR (377,110 images) on a 64-core node.
+It prints wall-clock images/s and CPU seconds per image (all processes; robust to other jobs on a
+shared machine), the per-worker fraction of the limit, the 2-worker speedup and CPU efficiency, and a
+projection for the full MIMIC-CXR (377,110 images) on a 64-core node.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import gzip
 import io
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 if not __package__:
@@ -45,6 +48,25 @@ REPO = Path(__file__).resolve().parents[1]
 MIMIC_IMAGES = 377_110
 NODE_CORES = 64
 ENCODINGS = {"uncompressed": ExplicitVRLittleEndian, "jpeg2000": JPEG2000Lossless}
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Images processed, wall seconds and CPU seconds (all processes) of one measurement."""
+
+    images: int
+    wall: float
+    cpu: float
+
+    @property
+    def per_second(self) -> float:
+        """Wall-clock images/s."""
+        return self.images / self.wall
+
+    @property
+    def cpu_per_image(self) -> float:
+        """CPU seconds per image, all processes together (robust to other load on the machine)."""
+        return self.cpu / self.images
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -91,26 +113,30 @@ def build_encoded_copy(source: Path, dest: Path, syntax: str, copies: int) -> li
     return films
 
 
-def decode_bound_rate(films: list[Path], size: int) -> float:
-    """Images/s of pydicom decode + float conversion + resize alone (one process, nothing written)."""
-    start = time.perf_counter()
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the worker pool)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def decode_bound_rate(films: list[Path], size: int) -> Rate:
+    """pydicom decode + float conversion + resize alone (one process, nothing written)."""
+    wall, cpu = time.perf_counter(), _cpu_seconds()
     for film in films:
         pixels = pydicom.dcmread(film).pixel_array
         resize_short_side(pixels.astype(np.float32), size)
-    return len(films) / (time.perf_counter() - start)
+    return Rate(len(films), time.perf_counter() - wall, _cpu_seconds() - cpu)
 
 
-def sharder_rate(root: Path, out: Path, size: int, workers: int, n: int) -> float:
-    """Images/s of the full sharder (all views, min_words 0, so every film is written)."""
+def sharder_rate(root: Path, out: Path, size: int, workers: int, n: int) -> Rate:
+    """The full sharder (all views, min_words 0, so every film is written)."""
     overrides = {"mimic_root": str(root), "out": str(out), "image_size": size, "workers": workers,
                  "shard_size": max(1, n // 4), "views": ["PA", "AP", "LATERAL", "LL"], "splits": ["train"],
                  "min_words": 0, "max_skip_fraction": 1.0}
     cfg = load_config(ShardConfig, REPO / "configs" / "data" / "mimic.yaml", [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), _cpu_seconds()
     manifest = shard_mimic(cfg)
-    seconds = time.perf_counter() - start
-    written = manifest["splits"]["train"]["num_samples"]
-    return written / seconds
+    return Rate(manifest["splits"]["train"]["num_samples"], time.perf_counter() - wall, _cpu_seconds() - cpu)
 
 
 def main() -> None:
@@ -137,15 +163,18 @@ def main() -> None:
         results[name] = (limit, one, two)
         sizes = sorted({f"{d.Rows}x{d.Columns}/{d.BitsStored}b" for d in shapes})
         print(f"\n[{name}] {len(films)} films: {', '.join(sizes)}")
-        print(f"  decode-bound limit (decode + resize, 1 process): {limit:7.2f} images/s")
-        print(f"  sharder, 1 worker:                               {one:7.2f} images/s  = {one / limit:.2f} of the limit")
-        print(f"  sharder, 2 workers:                              {two:7.2f} images/s  = {two / (2 * limit):.2f} of the limit per worker")
-        print(f"  2-worker speedup:                                {two / one:7.2f}x")
-    print(f"\nprojection for MIMIC-CXR ({MIMIC_IMAGES:,} images) on a {NODE_CORES}-core node "
-          f"(1-worker rate x {NODE_CORES} x measured 2-worker efficiency):")
+        print(f"  {'':34s} {'images/s (wall)':>16s} {'CPU s/image':>12s}")
+        for label, rate in (("decode-bound limit (1 process)", limit), ("sharder, 1 worker", one), ("sharder, 2 workers", two)):
+            print(f"  {label:34s} {rate.per_second:16.2f} {rate.cpu_per_image:12.3f}")
+        print(f"  per-worker fraction of the limit: wall {one.per_second / limit.per_second:.2f}, "
+              f"CPU {limit.cpu_per_image / one.cpu_per_image:.2f}")
+        print(f"  2-worker speedup: wall {two.per_second / one.per_second:.2f}x; "
+              f"CPU efficiency {one.cpu_per_image / two.cpu_per_image:.2f} (1.00: no parallel overhead)")
+    print(f"\nload average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs share them)")
+    print(f"projection for MIMIC-CXR ({MIMIC_IMAGES:,} images) on a {NODE_CORES}-core node, "
+          f"{NODE_CORES} workers at the measured CPU cost per image:")
     for name, (_, one, two) in results.items():
-        efficiency = min(1.0, two / (2 * one))
-        rate = one * NODE_CORES * efficiency
+        rate = NODE_CORES / max(one.cpu_per_image, two.cpu_per_image)
         print(f"  {name:13s} {rate:8.1f} images/s -> {MIMIC_IMAGES / rate / 3600:5.2f} h")
     print(f"(total benchmark time {time.perf_counter() - started:.0f} s; scratch in {work})")
     if args.workdir is None:

@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from data_prep.shard_manifest import (  # noqa: E402
     outcome_problem,
     part_name,
 )
-from data_prep.shard_samples import SampleSettings, ShardJob, build_shard  # noqa: E402
+from data_prep.shard_samples import SampleSettings, ShardJob, build_shard, job_fingerprint  # noqa: E402
 from data_prep.shard_writer import load_complete_state, remove_leftovers, write_json_atomic  # noqa: E402
 from pipeline.config import ConfigError, add_config_arguments, load_config, to_dict, to_yaml  # noqa: E402
 from pipeline.logging_setup import setup_logging  # noqa: E402
@@ -164,14 +165,21 @@ def _execute(jobs: list[ShardJob], settings: SampleSettings, out_dir: Path, work
             return [build_shard(job, settings, out_dir, tick) for job in jobs]
     ctx = mp.get_context("fork")
     counter = ctx.Value("q", 0)
-    with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(counter,)) as pool:
-        pending = [pool.apply_async(_run_job, (job, settings, out_dir)) for job in jobs]
+    # A worker that dies (e.g. a decoder crash) fails the run with BrokenProcessPool instead of hanging it;
+    # the shards finished so far are kept by --resume.
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                             initargs=(counter,)) as pool:
+        pending = [pool.submit(_run_job, job, settings, out_dir) for job in jobs]
         with _progress_bar(total) as bar:
-            while not all(p.ready() for p in pending):
-                time.sleep(0.2)
+            while not all(p.done() for p in pending):
+                wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
                 bar.update(counter.value - bar.n)
+                failed = [p for p in pending if p.done() and p.exception() is not None]
+                if failed:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise failed[0].exception()  # type: ignore[misc]
             bar.update(counter.value - bar.n)
-        return [p.get() for p in pending]
+        return [p.result() for p in pending]
 
 
 # --------------------------------------------------------------------------- the run
@@ -191,11 +199,12 @@ def shard_mimic(cfg: ShardConfig) -> dict[str, Any]:
 
     for job in own:
         remove_leftovers(out_dir, job.relative_path)
+    settings = _settings(cfg)
     records: dict[str, dict[str, Any]] = {}
-    if cfg.resume:
+    if cfg.resume:  # a shard is kept only when complete, intact and made from the same inputs and settings
         for job in own:
             record = load_complete_state(out_dir, job.relative_path)
-            if record is not None and record.get("num_candidates") == len(job.candidates):
+            if record is not None and record.get("fingerprint") == job_fingerprint(job, settings):
                 records[job.relative_path] = record
     todo = [job for job in own if job.relative_path not in records]
     log.info(
@@ -203,7 +212,7 @@ def shard_mimic(cfg: ShardConfig) -> dict[str, Any]:
         out_dir, sum(len(v) for v in listing.candidates.values()),
         ", ".join(f"{s} {len(v)}" for s, v in listing.candidates.items()), len(own), len(records), len(todo), cfg.workers,
     )
-    for record in _execute(todo, _settings(cfg), out_dir, cfg.workers):
+    for record in _execute(todo, settings, out_dir, cfg.workers):
         records[record["path"]] = record
 
     part = {

@@ -7,11 +7,12 @@ other DICOM header field is copied.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,12 @@ def build_sample(candidate: Candidate, settings: SampleSettings) -> tuple[list[t
     return members, text
 
 
+def job_fingerprint(job: ShardJob, settings: SampleSettings) -> str:
+    """sha256 of everything that shapes a shard's bytes: the settings and the candidates (ids, paths, labels)."""
+    payload = {"settings": asdict(settings), "candidates": [asdict(c) for c in job.candidates]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
 def build_shard(job: ShardJob, settings: SampleSettings, out_dir: Path, tick: Callable[[int], None]) -> dict[str, Any]:
     """Write one shard (temp name + rename) and its state record; returns the record."""
     remove_leftovers(out_dir, job.relative_path)
@@ -194,6 +201,7 @@ def build_shard(job: ShardJob, settings: SampleSettings, out_dir: Path, tick: Ca
         "split": job.split,
         "index": job.index,
         "num_candidates": len(job.candidates),
+        "fingerprint": job_fingerprint(job, settings),
         "num_samples": count,
         "bytes": size,
         "sha256": digest,

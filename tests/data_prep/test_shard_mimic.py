@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-import webdataset as wds
 from PIL import Image
 from pydicom.encaps import encapsulate
 
@@ -20,42 +19,20 @@ from data_prep.shard_manifest import outcome_problem
 from data_prep.shard_mimic import ShardConfig, build_parser, main, merge_manifests, shard_mimic
 from pipeline.config import load_config
 from tests.data_prep.mimic_layout import (
+    REPO,
     SECRET_BIRTH,
     SECRET_NAME,
     SmallMimic,
     build_small_mimic,
     chest_brightness,
+    comparable,
     copy_layout,
     lung_and_bone_masks,
+    output_files,
+    read_samples,
+    shard_config,
     write_dicom,
 )
-
-REPO = Path(__file__).resolve().parents[2]
-MIMIC_YAML = REPO / "configs" / "data" / "mimic.yaml"
-
-
-def shard_config(mimic: Path, out: Path, **overrides: Any) -> ShardConfig:
-    """The default YAML config pointed at ``mimic`` / ``out`` with small images, plus ``overrides``."""
-    values = {"mimic_root": str(mimic), "out": str(out), "image_size": 32, "shard_size": 2, **overrides}
-    return load_config(ShardConfig, MIMIC_YAML, [f"{k}={json.dumps(v)}" for k, v in values.items()])
-
-
-def output_files(out: Path) -> dict[str, bytes]:
-    """Every shard and skipped.csv of an output directory (what must be byte-identical)."""
-    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.glob("*/*.tar"))}
-    files["skipped.csv"] = (out / "skipped.csv").read_bytes()
-    return files
-
-
-def comparable(manifest: dict[str, Any]) -> dict[str, Any]:
-    """A manifest without what legitimately differs between equivalent runs."""
-    return {k: v for k, v in manifest.items() if k not in ("args", "seconds", "versions")}
-
-
-def read_samples(out: Path, relative: str) -> list[dict[str, Any]]:
-    """All samples of a shard, read with webdataset."""
-    dataset = wds.WebDataset(str(out / relative), shardshuffle=False, empty_check=False)
-    return list(dataset)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from data_prep.mimic_metadata import study_folder
 from data_prep.reports import extract_sections
 from data_prep.shard_mimic import ShardConfig, shard_mimic
 from pipeline.config import load_config
-from tests.data_prep.test_shard_mimic import comparable, output_files, read_samples
+from tests.data_prep.mimic_layout import comparable, output_files, read_samples
 
 REPO = Path(__file__).resolve().parents[2]
 PHANTOM_YAML = REPO / "configs" / "data" / "phantom.yaml"

@@ -15,8 +15,7 @@ import pytest
 
 from data_prep.shard_mimic import shard_mimic
 from data_prep.shard_writer import STATE_DIR, state_path
-from tests.data_prep.mimic_layout import SmallMimic, build_small_mimic
-from tests.data_prep.test_shard_mimic import comparable, output_files, shard_config
+from tests.data_prep.mimic_layout import SmallMimic, build_small_mimic, comparable, output_files, shard_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,3 +88,36 @@ def test_resume_repairs_every_partial_state(resume_mimic: SmallMimic, clean_run:
     assert output_files(out) == output_files(clean_out)
     assert untouched.stat().st_mtime_ns == before
     assert not [p for p in out.rglob("*") if ".tmp." in p.name]
+
+
+def test_a_dying_worker_fails_the_run_and_resume_completes_it(
+    resume_mimic: SmallMimic, clean_run: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed mid-shard (e.g. a decoder crash) stops the run with an error, never a hang; --resume finishes."""
+    import data_prep.shard_mimic as sharder
+
+    real_build = sharder.build_shard
+
+    def crash_on_third(job, settings, out_dir, tick):  # noqa: ANN001, ANN202 - same signature as build_shard
+        if job.index == 2 and job.split == "train":
+            os._exit(3)
+        return real_build(job, settings, out_dir, tick)
+
+    monkeypatch.setattr(sharder, "build_shard", crash_on_third)
+    out = tmp_path / "out"
+    cfg = shard_config(resume_mimic.root, out, image_size=64, shard_size=1, workers=2)
+    with pytest.raises(Exception, match="terminated abruptly|BrokenProcessPool|process pool"):
+        shard_mimic(cfg)
+    monkeypatch.setattr(sharder, "build_shard", real_build)
+    shard_mimic(shard_config(resume_mimic.root, out, image_size=64, shard_size=1, workers=2, resume=True))
+    assert output_files(out) == output_files(clean_run[0])
+
+
+def test_resume_with_other_settings_redoes_every_shard(resume_mimic: SmallMimic, clean_run: tuple[Path, dict],
+                                                       tmp_path: Path) -> None:
+    """Shards made with other settings are never kept: --resume with another image size rewrites them all."""
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    shutil.copytree(clean_run[0], out)
+    shard_mimic(shard_config(resume_mimic.root, out, image_size=48, shard_size=1, workers=1, resume=True))
+    shard_mimic(shard_config(resume_mimic.root, fresh, image_size=48, shard_size=1, workers=1))
+    assert output_files(out) == output_files(fresh) != output_files(clean_run[0])
