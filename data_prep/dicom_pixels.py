@@ -116,6 +116,15 @@ def _weighted_percentiles(values: np.ndarray, counts: np.ndarray, q: tuple[float
     return out[0], out[1]
 
 
+def stored_histogram(stored: np.ndarray, offset: int, size: int, rows_per_chunk: int = 64) -> np.ndarray:
+    """Counts of each stored value (+ offset), in row chunks (no full-size index array)."""
+    counts = np.zeros(size, dtype=np.int64)
+    for start in range(0, stored.shape[0], rows_per_chunk):
+        chunk = stored[start : start + rows_per_chunk].ravel()
+        counts += np.bincount(chunk.astype(np.int32) + offset if offset else chunk, minlength=size)
+    return counts
+
+
 def display_lut(ds: Dataset, stored: np.ndarray, window: WindowSettings) -> tuple[np.ndarray, int, dict[str, Any]]:
     """A float32 lookup table from stored value (+ offset) to display value in [0, 1] and the offset.
 
@@ -151,8 +160,7 @@ def display_lut(ds: Dataset, stored: np.ndarray, window: WindowSettings) -> tupl
         unit = _window_to_unit(modality, center, width, function)
         transform["voi"] = {"kind": "window", "center": center, "width": width, "function": function}
     else:
-        flat = stored.ravel()
-        counts = np.bincount((flat.astype(np.int64) + offset) if offset else flat, minlength=2**bits)
+        counts = stored_histogram(stored, offset, 2**bits)
         present = counts > 0
         low, high = _weighted_percentiles(
             modality[present], counts[present], (window.percentile_low, window.percentile_high)
