@@ -98,6 +98,11 @@ def test_workers_and_task_slicing_are_byte_identical(
     assert comparable(merged) == comparable(reference)
     assert output_files(sliced) == expected
     assert json.loads((sliced / "manifest.json").read_text()) == merged
+    assert main(["--merge", "--num-tasks", "3", "--out", str(sliced)]) == 0  # the command-line merge, idempotent
+    assert output_files(sliced) == expected
+    (sliced / "manifest.part-00001-of-00003.json").unlink()
+    with pytest.raises(FileNotFoundError, match="task 1 of 3"):
+        merge_manifests(sliced, 3)
 
 
 def test_corrupt_inputs_are_skipped_with_their_reason(small_mimic: SmallMimic, tmp_path: Path) -> None:
