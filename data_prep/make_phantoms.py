@@ -99,7 +99,11 @@ def make_phantoms(
     if jpg:
         write_mimic_tables(out / "jpg", metadata, splits, labels)
     images = {dicom_id: ann for record in records for dicom_id, ann in record.annotations.items()}
-    write_annotations(out / ANNOTATIONS, images, {plan.study_id: record.labels for plan, record in zip(plans, records)})
+    generator = {"studies": len(plans), "seed": settings.seed, "image_size_range": [lo, hi],
+                 "split_fractions": [float(f) for f in split_fractions], "jpg": settings.jpg,
+                 "downstream": settings.downstream}  # fmt: skip
+    study_labels = {plan.study_id: record.labels for plan, record in zip(plans, records)}
+    write_annotations(out / ANNOTATIONS, images, study_labels, generator)
     if downstream:
         write_chexpert_downstream(out / "downstream" / "chexpert", [r for rec in records for r in rec.chexpert_rows])
         write_rsna_labels(out / "downstream" / "rsna" / "stage_2_train_labels.csv",

@@ -81,12 +81,15 @@ def write_mimic_tables(
     write_csv(root / CSV_NAMES["chexpert"], CHEXPERT_COLUMNS, chexpert_rows)
 
 
-def write_annotations(path: Path, images: dict[str, Any], studies: dict[int, dict[str, float | None]]) -> None:
-    """``phantom_annotations.json``: label names, per-image findings, per-study labels (compact UTF-8)."""
+def write_annotations(
+    path: Path, images: dict[str, Any], studies: dict[int, dict[str, float | None]], generator: dict[str, Any]
+) -> None:
+    """``phantom_annotations.json``: label names, per-image findings, per-study labels, generator arguments."""
     document = {
         "label_names": list(LABEL_NAMES),
         "images": images,
         "studies": {str(study): {"labels": values} for study, values in studies.items()},
+        "generator": generator,
     }
     path.write_text(json.dumps(document, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
 

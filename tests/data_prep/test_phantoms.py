@@ -25,8 +25,6 @@ from data_prep.phantom.report import render_report
 from data_prep.phantom.rle import decode_rle, encode_rle, mask_bbox
 from data_prep.phantom.study import render_study, study_dir
 
-# The fixture's arguments (tests/conftest.py) needed to regenerate a study in memory.
-FIXTURE_SEED, FIXTURE_SIZES = 0, (256, 320)
 SIDE_WORDS = {"left": ("left",), "right": ("right",), "bilateral": ("bilateral", "bibasilar")}
 ZONE_WORDS = {"upper": ("upper",), "mid": ("mid", "middle"), "lower": ("lower", "base", "basilar")}
 LUNG_LABELS = {"Pleural Effusion", "Consolidation", "Pneumonia", "Pneumothorax", "Lung Lesion", "Atelectasis", "Edema"}
@@ -57,10 +55,17 @@ def annotations(phantom_root: Path) -> dict:
     return json.loads((phantom_root / "phantom_annotations.json").read_text(encoding="utf-8"))
 
 
+def regenerate(annotations: dict) -> tuple[int, tuple[int, int], list[StudyPlan]]:
+    """Seed, size range and study plans of the fixture, read from the generator arguments it recorded."""
+    args = annotations["generator"]
+    plans = plan_cohort(args["studies"], args["seed"], tuple(args["split_fractions"]))
+    return args["seed"], tuple(args["image_size_range"]), plans
+
+
 # --------------------------------------------------------------------------- layout
 
 
-def test_every_row_has_its_file_and_every_file_its_row(phantom_root: Path, tables: dict) -> None:
+def test_every_row_has_its_file_and_every_file_its_row(phantom_root: Path, tables: dict, annotations: dict) -> None:
     meta = tables["metadata"]
     expected_dcm, expected_txt, expected_jpg = set(), set(), set()
     for row in meta:
@@ -78,7 +83,7 @@ def test_every_row_has_its_file_and_every_file_its_row(phantom_root: Path, table
         ).read_bytes()
     assert {r["dicom_id"] for r in tables["split"]} == {r["dicom_id"] for r in meta}
     assert {(r["subject_id"], r["study_id"]) for r in tables["chexpert"]} == {(r["subject_id"], r["study_id"]) for r in meta}
-    assert len(tables["chexpert"]) == len({r["study_id"] for r in meta}) == 48
+    assert len(tables["chexpert"]) == len({r["study_id"] for r in meta}) == annotations["generator"]["studies"]
 
 
 def test_columns_ids_and_gzip_headers_look_like_mimic(phantom_root: Path, tables: dict) -> None:
@@ -213,11 +218,11 @@ def test_every_encoding_round_trips_losslessly(tmp_path: Path) -> None:
 
 
 def test_dicoms_decode_exactly_and_monochrome1_is_inverted(phantom_root: Path, tables: dict, annotations: dict) -> None:
-    plans = {p.study_id: p for p in plan_cohort(48, FIXTURE_SEED, (0.7, 0.15, 0.15))}
+    seed, sizes, plans = regenerate(annotations)
+    assert sorted(p.study_id for p in plans) == sorted({int(r["study_id"]) for r in tables["metadata"]})
     seen = Counter()
-    for study_id in sorted({int(r["study_id"]) for r in tables["metadata"]}):
-        plan = plans[study_id]
-        study = render_study(FIXTURE_SEED, plan, FIXTURE_SIZES)
+    for plan in plans:
+        study = render_study(seed, plan, sizes)
         for image in study.images:
             ds = pydicom.dcmread(phantom_root / study_dir(plan) / f"{image.dicom_id}.dcm")
             pixels = ds.pixel_array
@@ -243,10 +248,10 @@ def test_dicoms_decode_exactly_and_monochrome1_is_inverted(phantom_root: Path, t
 
 
 def test_masks_lie_in_their_anatomy_and_match_the_annotation_file(annotations: dict) -> None:
-    plans = plan_cohort(48, FIXTURE_SEED, (0.7, 0.15, 0.15))
+    seed, sizes, plans = regenerate(annotations)
     checked = Counter()
     for plan in plans:
-        study = render_study(FIXTURE_SEED, plan, FIXTURE_SIZES)
+        study = render_study(seed, plan, sizes)
         for image in study.images:
             entry = annotations["images"][image.dicom_id]
             listed = [(f["label"], f) for f in entry["findings"]]
