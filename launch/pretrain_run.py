@@ -2,7 +2,8 @@
 
 The MLflow run of a SLURM job is created at submission and continued by every attempt.
 
-The run is created (status SCHEDULED) when the job is submitted, so its id can be printed at once.
+The run is created (status SCHEDULED) when the job is submitted, so its id can be printed at once;
+a job that will resume from a checkpoint continues that checkpoint's run instead.
 Each task exports ``MLFLOW_TRACKING_URI`` and ``MLFLOW_RUN_ID``; the trainer's ``mlflow.start_run()``
 attaches to that run on a fresh start, and a resumed trainer takes the same id from its
 checkpoint. Rank 0 of every attempt records the SLURM job id as ``slurm.job_id.<attempt>``.
@@ -11,6 +12,7 @@ checkpoint. Rank 0 of every attempt records the SLURM job id as ``slurm.job_id.<
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +21,7 @@ from pipeline.config import flatten, load_config
 from pipeline.train.config import PretrainConfig
 
 ATTEMPT_PARAM = "slurm.job_id."
+RANK0_STATE = "trainer_rank00000.json"  # the trainer's per-rank state file (pipeline.train.checkpoint)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,26 +60,67 @@ def has_checkpoint(cfg: PretrainConfig) -> bool:
     return bool(complete_checkpoints(checkpoint_dir(cfg)))
 
 
-def create_run(config_path: str | Path, overrides: Sequence[str], slurm: object) -> RunRef | None:
-    """Create the job's MLflow run (SCHEDULED, tagged with the SLURM request); None when tracking is off."""
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a job would resume from, as its files describe it."""
+
+    folder: Path
+    step: int
+    world_size: int
+    mlflow_run_id: str | None
+
+
+def resume_point(cfg: PretrainConfig) -> ResumePoint | None:
+    """The checkpoint ``checkpoint.resume`` points at (None: a fresh start), read from the trainer's files."""
+    from pipeline.train.checkpoint import COMPLETE, find_resume_point
+
+    folder = find_resume_point(checkpoint_dir(cfg), cfg.checkpoint.resume)
+    if folder is None:
+        return None
+    marker = json.loads((folder / COMPLETE).read_text(encoding="utf-8"))
+    state = json.loads((folder / RANK0_STATE).read_text(encoding="utf-8"))["state"]
+    return ResumePoint(folder, int(marker["step"]), int(marker["world_size"]), state.get("mlflow_run_id"))
+
+
+def check_world_size(point: ResumePoint | None, world_size: int) -> None:
+    """Refuse a job that could not resume: the trainer needs the world size that wrote the checkpoint."""
+    if point is not None and point.world_size != world_size:
+        raise ValueError(
+            f"{point.folder} was written by {point.world_size} ranks but this job has {world_size} "
+            f"(nodes x tasks per node); submit with that many tasks, or set checkpoint.resume=null to start afresh"
+        )
+
+
+def open_run(cfg: PretrainConfig, config_path: str | Path, slurm: object) -> RunRef | None:
+    """The job's MLflow run: the resumed checkpoint's run, else a new one (SCHEDULED); None when tracking is off."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from pipeline.train.tracking import tracking_uri
 
-    cfg = load_train_config(config_path, overrides)
     if not cfg.tracking.enabled:
         return None
     folder = run_dir(cfg)
     uri = tracking_uri(cfg.tracking, folder)
     client = MlflowClient(uri)
+    tags = {f"slurm.{k}": str(v) for k, v in flatten(slurm).items()}
+    tags["slurm.config_path"] = str(Path(config_path).resolve())
+    point = resume_point(cfg)
+    if point is not None and point.mlflow_run_id is not None:
+        try:
+            client.get_run(point.mlflow_run_id)
+        except MlflowException as err:
+            raise ValueError(f"{point.folder} continues MLflow run {point.mlflow_run_id}, which {uri} does not hold: "
+                             f"set tracking.uri to the store it was logged to") from err
+        for key, value in tags.items():
+            client.set_tag(point.mlflow_run_id, key, value)
+        return RunRef(uri, cfg.tracking.experiment, point.mlflow_run_id)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     if experiment is None:  # as the trainer would create it: artifacts next to the run
         artifacts = (folder / "mlartifacts").resolve().as_uri()
         experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
     else:
         experiment_id = experiment.experiment_id
-    tags = {f"slurm.{k}": str(v) for k, v in flatten(slurm).items()}
-    tags["slurm.config_path"] = str(Path(config_path).resolve())
     run = client.create_run(experiment_id, run_name=cfg.run.name, tags=tags)
     client.update_run(run.info.run_id, status="SCHEDULED")
     return RunRef(uri, cfg.tracking.experiment, run.info.run_id)

@@ -38,16 +38,17 @@ log = logging.getLogger("sista.launch")
 RESUME_LATEST = "checkpoint.resume=latest"  # the trainer's key (PretrainConfig.checkpoint.resume)
 
 
-def run_trainer(config_path: str, overrides: list[str]) -> Any:
-    """Run ``pipeline.train`` in this process with ``--config config_path`` and ``overrides``."""
+def run_trainer(config_path: str, overrides: list[str]) -> int:
+    """Run ``pipeline.train`` in this process; 0 when it finished or stopped on request, else RuntimeError."""
     from pipeline import train
 
     try:
-        return train.main(["--config", config_path, *overrides])
-    except SystemExit as done:  # the trainer's "checkpoint and exit 0" path
-        if done.code not in (0, None):
-            raise
-        return None
+        code = train.main(["--config", config_path, *overrides])
+    except SystemExit as done:  # argparse / config errors exit
+        code = done.code
+    if code not in (0, None):  # an exception, not an exit, so that submitit records the failure
+        raise RuntimeError(f"pipeline.train exited with code {code} (its error is in this task's log)")
+    return 0
 
 
 @dataclasses.dataclass
@@ -71,7 +72,7 @@ class PretrainJob(submitit.helpers.Checkpointable):
             return [*self.overrides, RESUME_LATEST]
         return list(self.overrides)
 
-    def __call__(self) -> Any:
+    def __call__(self) -> int:
         """Export this task's distributed environment, record the attempt, train; requeue if preempted."""
         task = current_task_env(self.slurm.master_port)
         export_task_env(task)
@@ -102,9 +103,11 @@ class PretrainJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(dataclasses.replace(self, attempt=self.attempt + 1))
 
 
-def build_job(config_path: str, overrides: list[str], slurm: SlurmConfig, create_run: bool) -> PretrainJob:
-    """The job for a resolved submission; with ``create_run`` its MLflow run is created (SCHEDULED) now."""
-    run = pretrain_run.create_run(config_path, overrides, slurm) if create_run else None
+def build_job(config_path: str, overrides: list[str], slurm: SlurmConfig, open_run: bool = True) -> PretrainJob:
+    """The job for a submission, checked to be resumable; with ``open_run`` its MLflow run is opened now."""
+    cfg = pretrain_run.load_train_config(config_path, overrides)
+    pretrain_run.check_world_size(pretrain_run.resume_point(cfg), slurm.world_size)
+    run = pretrain_run.open_run(cfg, config_path, slurm) if open_run else None
     return PretrainJob(str(Path(config_path).resolve()), list(overrides), slurm, run)
 
 
@@ -133,9 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         slurm = load_slurm_config(args.slurm, slurm_overrides)
         train_cfg = pretrain_run.load_train_config(args.config, train_overrides)
-    except (ConfigError, ValueError) as err:
+        point = pretrain_run.resume_point(train_cfg)
+        pretrain_run.check_world_size(point, slurm.world_size)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    print(f"resumes from {point.folder} (step {point.step})" if point else "starts afresh (no checkpoint to resume)")
     if args.dry_run:
         print(f"# sbatch script ({slurm.nodes} node(s) x {slurm.ntasks_per_node} task(s) = {slurm.world_size})")
         print(render_sbatch(slurm, workdir))
@@ -144,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         print("# training config (resolved)")
         print(to_yaml(train_cfg), end="")
         return 0
-    job = build_job(args.config, train_overrides, slurm, create_run=True)
+    try:
+        job = build_job(args.config, train_overrides, slurm)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     submitted = submit(job, workdir)
     stdout, stderr = log_paths(submitted)
     print(f"submitted job {submitted.job_id}: {slurm.nodes} node(s) x {slurm.ntasks_per_node} task(s)")

@@ -15,7 +15,7 @@ from fake_slurm import EXAMPLE, install_fake_slurm, path_with, recorded, recorde
 
 from launch.pretrain_run import ATTEMPT_PARAM
 from launch.slurm_config import load_slurm_config
-from launch.slurm_pretrain import RESUME_LATEST, PretrainJob, build_job, main, submit
+from launch.slurm_pretrain import RESUME_LATEST, PretrainJob, build_job, main, run_trainer, submit
 from launch.slurm_submit import render_sbatch
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny.yaml"
@@ -84,7 +84,7 @@ def first_attempt(phantom_shards, tmp_path_factory, mlflow_uri, local_env, repo_
     tmp = tmp_path_factory.mktemp("pretrain")
     shards, _ = phantom_shards
     overrides = train_overrides(shards, tmp / "runs", mlflow_uri, max_steps=2)
-    job = build_job(str(TINY), overrides, _local_slurm(tmp), create_run=True)
+    job = build_job(str(TINY), overrides, _local_slurm(tmp))
     submitted = submit(job, repo_root)
     return tmp, job, submitted, submitted.results()
 
@@ -129,6 +129,11 @@ def test_checkpoint_resubmits_resuming_the_same_mlflow_run(first_attempt, mlflow
     assert run.data.params[f"{ATTEMPT_PARAM}1"] == second.job_id
     assert run.data.tags["slurm.attempts"] == "2" and run.info.status == "FINISHED"
     assert _loss_steps(mlflow_uri, job.mlflow.run_id) == [1, 2, 3]
+
+    # A new submission onto this run folder resumes: it continues the same run, and needs the same world size.
+    assert build_job(str(TINY), job.overrides, job.slurm).mlflow.run_id == job.mlflow.run_id
+    with pytest.raises(ValueError, match="written by 2 ranks but this job has 3"):
+        build_job(str(TINY), job.overrides, load_slurm_config(EXAMPLE, ["gpus_per_node=0", "tasks_per_node=3"]))
 
 
 def test_requeues_stop_at_max_requeues(tmp_path: Path) -> None:
@@ -184,3 +189,8 @@ def test_submission_through_fake_sbatch(tmp_path: Path, mlflow_uri: str, capsys,
     (srun,) = recorded(record, "srun")
     assert srun[:3] == ["--unbuffered", "--output", f"{tmp_path}/logs/%j/%j_%t_log.out"]
     assert srun[-4:] == ["-u", "-m", "submitit.core._submit", f"{tmp_path}/logs/%j"]
+
+
+def test_trainer_failure_fails_the_task() -> None:
+    with pytest.raises(RuntimeError, match="pipeline.train exited with code 2"):
+        run_trainer(str(TINY), ["optim.no_such_key=1"])

@@ -1,0 +1,141 @@
+"""Ablation on phantoms at the same budget: train ``clip``, ``sia_only``, ``sta_only``, ``sista``, evaluate each, print one table.
+
+    python launch/ablation.py --manifest SHARDS/manifest.json --annotations PHANTOMS/phantom_annotations.json \
+        --out demo_out/ablation [--steps 150] [--nproc 2] [--train-config configs/pretrain/demo.yaml] [key=value ...]
+
+Every preset gets the same model, data, batch, seed and number of optimizer steps (only
+``loss.preset`` differs); extra ``key=value`` arguments go to every training run. Each run is
+evaluated with ``configs/eval/phantom_all.yaml``; the table (also written as ``ablation.md`` and
+``ablation.json``) labels every number phantom. This file only starts processes and reads their
+``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = ("clip", "sia_only", "sta_only", "sista")
+COLUMNS = (
+    ("zero-shot mean AUROC", ("zero_shot", "mean_auroc", "auroc")),
+    ("i→r R@1", ("retrieval", "image_to_report", "label_set", "R@1", "value")),
+    ("i→r R@5", ("retrieval", "image_to_report", "label_set", "R@5", "value")),
+    ("i→r R@10", ("retrieval", "image_to_report", "label_set", "R@10", "value")),
+    ("r→i R@1", ("retrieval", "report_to_image", "label_set", "R@1", "value")),
+    ("linear probe AUROC @ 1 %", ("linear_probe", "datasets", "shards", "fractions", "1pct", "auroc")),
+    ("pointing game", ("grounding", "overall", "pointing_accuracy")),
+    ("mean IoU", ("grounding", "overall", "mean_iou")),
+)
+log = logging.getLogger("sista.ablation")
+
+
+def train_command(args: argparse.Namespace, preset: str) -> list[str]:
+    """The training command of one preset (torchrun with ``--nproc`` CPU processes, or one plain process)."""
+    overrides = [
+        f"data.manifest={args.manifest}", f"run.output_dir={args.out}", f"run.name={preset}",
+        f"loss.preset={preset}", f"schedule.max_steps={args.steps}", "run.max_minutes=null",
+        "checkpoint.export_at_end=true", *args.overrides,
+    ]
+    module = ["-m", "pipeline.train", "--config", str(args.train_config), *overrides]
+    if args.nproc == 1:
+        return [sys.executable, *module]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+            "-m", "pipeline.train", "--config", str(args.train_config), *overrides]
+
+
+def eval_command(args: argparse.Namespace, preset: str) -> list[str]:
+    """The evaluation command of one trained preset (all tasks on the phantom set)."""
+    shards = Path(args.manifest).resolve().parent
+    return [
+        sys.executable, "-m", "pipeline.evaluate", "--config", str(REPO / "configs/eval/phantom_all.yaml"),
+        f"checkpoint={Path(args.out) / preset / 'export'}", f"data.shards.root={shards}",
+        f"data.phantom_annotations={args.annotations}", f"output_dir={Path(args.out) / preset / 'eval'}",
+        f"linear_probe.split_dir={Path(args.out) / 'splits'}", *args.eval_overrides,
+    ]
+
+
+def run(command: list[str], what: str) -> None:
+    """Run a child process in the repo root; stop with its exit code when it fails."""
+    log.info("%s: %s", what, " ".join(command))
+    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+    result = subprocess.run(command, cwd=REPO, env=env, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"ablation: {what} failed with exit code {result.returncode}")
+
+
+def lookup(tree: dict, path: tuple[str, ...]) -> float | None:
+    """A nested value of metrics.json, or None where the task did not produce it."""
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree if isinstance(tree, (int, float)) else None
+
+
+def ablation_table(metrics: dict[str, dict], steps: int) -> str:
+    """One Markdown table: a row per preset, a column per headline number, all labelled phantom."""
+    header = "| preset (phantom, same budget: " + f"{steps} steps) | " + " | ".join(c for c, _ in COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
+    for preset, tree in metrics.items():
+        cells = []
+        for _, path in COLUMNS:
+            value = lookup(tree["tasks"], path)
+            cells.append("n/a" if value is None else f"{100 * value:.1f}")
+        lines.append(f"| {preset} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("All numbers in % and measured on the phantom set (a test instrument, not a clinical benchmark); "
+                 "retrieval relevance = same label set.")
+    return "\n".join(lines)
+
+
+def run_ablation(args: argparse.Namespace) -> str:
+    """Train and evaluate every preset (skipping runs already exported/evaluated), then build the table."""
+    out = Path(args.out)
+    metrics = {}
+    for preset in args.presets:
+        if not (out / preset / "export" / "model_config.yaml").is_file():
+            run(train_command(args, preset), f"train {preset}")
+        metrics_file = out / preset / "eval" / "metrics.json"
+        if not metrics_file.is_file():
+            run(eval_command(args, preset), f"evaluate {preset}")
+        metrics[preset] = json.loads(metrics_file.read_text(encoding="utf-8"))
+    table = ablation_table(metrics, args.steps)
+    (out / "ablation.md").write_text(table + "\n", encoding="utf-8")
+    (out / "ablation.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    return table
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments (training overrides are positional ``key=value``)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", required=True, help="phantom shards' manifest.json")
+    parser.add_argument("--annotations", required=True, help="phantom_annotations.json of the phantom tree")
+    parser.add_argument("--out", required=True, help="folder for the runs, evaluations and the table")
+    parser.add_argument("--steps", type=int, required=True, help="optimizer steps per preset (the budget)")
+    parser.add_argument("--nproc", type=int, default=2, help="training processes per run (torchrun on CPU)")
+    parser.add_argument("--train-config", default=str(REPO / "configs/pretrain/demo.yaml"))
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--eval-override", dest="eval_overrides", action="append", default=[],
+                        metavar="key=value", help="an override for every evaluation (repeatable)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every training run")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ablation and print its table."""
+    from pipeline.logging_setup import setup_logging
+
+    setup_logging()
+    table = run_ablation(parse_args(argv))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
