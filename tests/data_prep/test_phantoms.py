@@ -264,6 +264,12 @@ def test_masks_lie_in_their_anatomy_and_match_the_annotation_file(annotations: d
                 if label in LUNG_LABELS:
                     side = finding.side if frontal and finding.side else "bilateral"
                     assert not (mask & ~image.anatomy.lung_mask(side)).any(), (image.dicom_id, label, side)
+                if frontal and finding.side in ("left", "right") and finding.kind != "device":
+                    # Frontal convention: the patient's left is on the image's right.
+                    lungs = np.flatnonzero(image.anatomy.lung_mask("bilateral").any(axis=0))
+                    centre = (lungs[0] + lungs[-1]) / 2
+                    column = np.nonzero(mask)[1].mean()
+                    assert (column > centre) == (finding.side == "left"), (image.dicom_id, label, finding.side)
                 if label == "Cardiomegaly":
                     assert not (mask & ~image.anatomy.heart_mask()).any()
                     if frontal:
@@ -271,6 +277,9 @@ def test_masks_lie_in_their_anatomy_and_match_the_annotation_file(annotations: d
                         heart = np.flatnonzero(mask.any(axis=0))
                         assert (heart[-1] - heart[0]) / (thorax[-1] - thorax[0]) > 0.5, image.dicom_id
                 checked[label] += 1
+            if frontal:  # the heart bulges to the image's right (the patient's left)
+                lungs = np.flatnonzero(image.anatomy.lung_mask("bilateral").any(axis=0))
+                assert np.nonzero(image.anatomy.heart_mask())[1].mean() > (lungs[0] + lungs[-1]) / 2, image.dicom_id
             if frontal and not any(f.kind == "cardiomegaly" for f in study.case.findings):
                 thorax = np.flatnonzero(image.anatomy.lung_mask("bilateral").any(axis=0))
                 heart = np.flatnonzero((image.anatomy.heart_mask() & (image.anatomy.grid.y < 0.3)).any(axis=0))
