@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
+import time
 import types
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +27,18 @@ log = logging.getLogger(__name__)
 TRAINER_STOP_SIGNAL = signal.SIGUSR1
 
 Handler = Callable[[int, Any], Any] | int | None
+
+
+def _trainer_listens() -> bool:
+    """Whether a handler (the trainer's) is installed for the trainer's stop signal."""
+    return callable(signal.getsignal(TRAINER_STOP_SIGNAL))
+
+
+def _deliver_when_listening(poll_s: float = 0.2) -> None:
+    """Send the trainer's stop signal to this process as soon as the trainer has installed its handler."""
+    while not _trainer_listens():
+        time.sleep(poll_s)
+    os.kill(os.getpid(), TRAINER_STOP_SIGNAL)
 
 
 class PreemptionRelay:
@@ -48,12 +62,11 @@ class PreemptionRelay:
         if self.received is None:
             log.warning("caught %s: asking the trainer to checkpoint and stop", signal.Signals(signum).name)
         self.received = signum
-        trainer_handler = signal.getsignal(TRAINER_STOP_SIGNAL)
-        if callable(trainer_handler):
+        if _trainer_listens():
             os.kill(os.getpid(), TRAINER_STOP_SIGNAL)
-        else:  # the trainer has not installed its handler yet: SIGUSR1 would kill the task unsaved
-            log.warning("the trainer does not listen for %s yet; requeueing without a new checkpoint",
-                        TRAINER_STOP_SIGNAL.name)
+        else:  # still starting up: SIGUSR1 would kill the task unsaved, so deliver it once the trainer listens
+            log.warning("the trainer does not listen for %s yet; the stop request waits for it", TRAINER_STOP_SIGNAL.name)
+            threading.Thread(target=_deliver_when_listening, name="stop-request", daemon=True).start()
 
     @property
     def preempted(self) -> bool:

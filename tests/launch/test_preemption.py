@@ -51,10 +51,15 @@ def test_no_signal_no_hand_over(restore_signals) -> None:
     assert not relay.preempted and submitit_calls == []
 
 
-def test_signal_before_trainer_listens_does_not_kill(restore_signals) -> None:
+def test_signal_before_trainer_listens_is_delivered_once_it_does(restore_signals) -> None:
+    trainer_stops: list[int] = []
     signal.signal(TRAINER_STOP_SIGNAL, signal.SIG_DFL)  # default action of SIGUSR1 would terminate us
     signal.signal(signal.SIGUSR2, lambda signum, frame: None)
     with PreemptionRelay() as relay:
         os.kill(os.getpid(), signal.SIGUSR2)
         _wait_for(lambda: relay.preempted)
-    assert relay.preempted
+        time.sleep(0.3)
+        assert relay.preempted and trainer_stops == []
+        signal.signal(TRAINER_STOP_SIGNAL, lambda signum, frame: trainer_stops.append(signum))  # trainer starts
+        _wait_for(lambda: trainer_stops)
+    assert trainer_stops == [TRAINER_STOP_SIGNAL]
