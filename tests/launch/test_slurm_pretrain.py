@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,27 +111,60 @@ def test_two_task_local_job_trains_end_to_end(first_attempt, mlflow_uri) -> None
     assert "[rank 1/2]" in logs[1]
 
 
+def _task_pids(controller_pid: int) -> list[int]:
+    """PIDs of the local executor's task processes (children of its controller)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == controller_pid:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _wait_for_file(path: Path, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout_s:.0f} s"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_checkpoint_resubmits_resuming_the_same_mlflow_run(first_attempt, mlflow_uri, repo_root) -> None:
     tmp, job, first, _ = first_attempt
+    run_dir = tmp / "runs" / "slurm"
     delayed = job.checkpoint()
     again = delayed.function
     assert isinstance(again, PretrainJob) and again.attempt == 1 and again.mlflow == job.mlflow
     assert again.trainer_overrides()[-1] == RESUME_LATEST  # a complete checkpoint exists
-    # As if attempt 0 had hit its time limit at step 2 of 3.
-    again.overrides = [o for o in again.overrides if not o.startswith("schedule.max_steps=")] + ["schedule.max_steps=3"]
+    # As if attempt 0 had hit its time limit at step 2 of many; this attempt may not requeue again.
+    again.overrides = [o for o in again.overrides if not o.startswith("schedule.max_steps=")] + ["schedule.max_steps=1000"]
+    again.slurm = dataclasses.replace(again.slurm, max_requeues=1)
     second = submit(again, repo_root)
-    assert second.results() == [0, 0]
+
+    # SLURM's time-limit signal, once the resumed attempt has checkpointed a step of its own.
+    _wait_for_file(run_dir / "checkpoints" / "step000000003" / "COMPLETE.json")
+    tasks = _task_pids(int(second.job_id))
+    assert len(tasks) == 2
+    for pid in tasks:
+        os.kill(pid, signal.SIGUSR2)
+    failure = second.exception()  # rank 0: the trainer saved, then checkpoint() refused a 2nd requeue
+    assert failure is not None and "checkpoint function returned None" in str(failure)
 
     log0 = Path(second.paths.folder, f"{second.job_id}_0_log.err").read_text()
     assert "resumed from" in log0 and "step000000002: epoch 0, step 2" in log0 and "continuing MLflow run" in log0
-    steps = [json.loads(line)["step"] for line in (tmp / "runs" / "slurm" / "steps.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]
+    assert "caught SIGUSR2: asking the trainer to checkpoint and stop" in log0 and "not requeueing" in log0
+    steps = [json.loads(line)["step"] for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+    last = steps[-1]
+    assert last >= 3 and steps == list(range(1, last + 1))  # continued, nothing redone or skipped
+    assert (run_dir / "checkpoints" / f"step{last:09d}" / "COMPLETE.json").is_file()  # saved on the signal
     run = _run(mlflow_uri, job.mlflow.run_id)
     assert run.data.params[f"{ATTEMPT_PARAM}0"] == first.job_id
     assert run.data.params[f"{ATTEMPT_PARAM}1"] == second.job_id
-    assert run.data.tags["slurm.attempts"] == "2" and run.info.status == "FINISHED"
-    assert _loss_steps(mlflow_uri, job.mlflow.run_id) == [1, 2, 3]
+    assert run.data.tags["slurm.attempts"] == "2" and run.info.status == "KILLED"
+    assert _loss_steps(mlflow_uri, job.mlflow.run_id) == steps
 
     # A new submission onto this run folder resumes: it continues the same run, and needs the same world size.
     assert build_job(str(TINY), job.overrides, job.slurm).mlflow.run_id == job.mlflow.run_id
