@@ -139,9 +139,10 @@ def build_sample(candidate: Candidate, settings: SampleSettings) -> tuple[list[t
     """(tar members without the embedding, training text) of one candidate; SampleSkipped on bad input."""
     sections, text, source = report_text(candidate.report_path, settings)
     if settings.image_source == "dicom":
-        window = settings.window
         try:
-            image, transform, original = dicom_to_image(candidate.image_path, settings.image_size, settings.output_bits, window)
+            image, transform, original = dicom_to_image(
+                candidate.image_path, settings.image_size, settings.output_bits, settings.window
+            )
         except DicomReadError as err:
             raise SampleSkipped(err.reason, str(err)) from err
         transform = {"source": "dicom", **transform}
