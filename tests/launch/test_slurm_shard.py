@@ -69,7 +69,8 @@ def test_array_and_merge_through_fake_sbatch(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("PATH", path_with(bin_dir))
     (tmp_path / "mimic").mkdir()
     cfg = load_config(ShardConfig, PHANTOM_YAML, [f"mimic_root={tmp_path / 'mimic'}", f"out={tmp_path / 'out'}"])
-    slurm = load_slurm_config(EXAMPLE_SHARD, ["array_tasks=3", "array_parallelism=2", f"log_dir={tmp_path}/logs/%j"])
+    slurm = load_slurm_config(EXAMPLE_SHARD, ["array_tasks=3", "array_parallelism=2", f"log_dir={tmp_path}/logs/%j",
+                                              "python=apptainer exec sista.sif python"])
     array, merge = submit_shard_array(cfg, slurm, tmp_path)
 
     assert [job.job_id for job in array] == ["4242_0", "4242_1", "4242_2"] and merge.job_id == "4243"
@@ -89,7 +90,9 @@ def test_array_and_merge_through_fake_sbatch(tmp_path: Path, monkeypatch: pytest
     subprocess.run(["bash", str(record / "sbatch-0.sh")], env=env, check=True)
     (srun_args,) = recorded(record, "srun")
     assert srun_args[:2] == ["--unbuffered", "--output"] and srun_args[2].endswith("%A_%a_%t_log.out")
-    assert srun_args[-4:] == ["-u", "-m", "submitit.core._submit", f"{tmp_path}/logs/%j"]
+    # The array keeps the configured python command (submitit's own array path would drop it).
+    assert srun_args[-8:] == ["apptainer", "exec", "sista.sif", "python", "-u", "-m", "submitit.core._submit",
+                              f"{tmp_path}/logs/%j"]
     assert recorded_env(record, "srun", 0)["SUBMITIT_EXECUTOR"] == "slurm"
 
 
