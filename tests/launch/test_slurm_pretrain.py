@@ -144,13 +144,16 @@ def test_checkpoint_resubmits_resuming_the_same_mlflow_run(first_attempt, mlflow
     again.slurm = dataclasses.replace(again.slurm, max_requeues=1)
     second = submit(again, repo_root)
 
-    # SLURM's time-limit signal, once the resumed attempt has checkpointed a step of its own.
-    _wait_for_file(run_dir / "checkpoints" / "step000000003" / "COMPLETE.json")
-    tasks = _task_pids(int(second.job_id))
-    assert len(tasks) == 2
-    for pid in tasks:
-        os.kill(pid, signal.SIGUSR2)
-    failure = second.exception()  # rank 0: the trainer saved, then checkpoint() refused a 2nd requeue
+    try:  # SLURM's time-limit signal, once the resumed attempt has checkpointed a step of its own
+        _wait_for_file(run_dir / "checkpoints" / "step000000003" / "COMPLETE.json")
+        tasks = _task_pids(int(second.job_id))
+        assert len(tasks) == 2
+        for pid in tasks:
+            os.kill(pid, signal.SIGUSR2)
+        failure = second.exception()  # rank 0: the trainer saved, then checkpoint() refused a 2nd requeue
+    finally:
+        if not second.done():
+            second.cancel()  # never leave 1000 steps running behind a failed test
     assert failure is not None and "checkpoint function returned None" in str(failure)
 
     log0 = Path(second.paths.folder, f"{second.job_id}_0_log.err").read_text()
