@@ -31,6 +31,9 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int, device_type: str) -> 
     ds = json.loads(find_config_file(cfg.engine.deepspeed_config).read_text())
     ds = {k: v for k, v in ds.items() if not k.startswith("_")}
     micro, accum = cfg.data.batch_size, cfg.optim.accumulation_steps
+    if device_type == "cpu" and "zero_optimization" in ds:
+        # The CPU accelerator has no streams to overlap on; its async reductions only add ordering risk.
+        ds["zero_optimization"]["overlap_comm"] = False
     ds.update(
         train_micro_batch_size_per_gpu=micro,
         gradient_accumulation_steps=accum,

@@ -1,0 +1,124 @@
+"""Trainer pieces without a process group: env discovery, schedule, weight decay, checkpoints, faults, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from train_helpers import REPO, TINY, tiny_overrides
+
+from pipeline.config import load_config
+from pipeline.data import ShardError
+from pipeline.train.checkpoint import COMPLETE, complete_checkpoints, find_resume_point, prune, tag_for
+from pipeline.train.config import PretrainConfig
+from pipeline.train.distributed import discover_env, first_slurm_host
+from pipeline.train.engine import deepspeed_config, lr_factor, parameter_groups, vectorise_scalar_parameters
+from pipeline.train.faults import BadStepError, BadStepGuard
+
+
+def test_env_discovery_for_each_launcher():
+    """torchrun, the deepspeed launcher, srun and a plain process are recognised."""
+    torchrun = discover_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "MASTER_ADDR": "n1",
+                             "MASTER_PORT": "1234", "TORCHELASTIC_RUN_ID": "x"})
+    assert (torchrun.rank, torchrun.local_rank, torchrun.world_size, torchrun.launcher) == (3, 1, 8, "torchrun")
+    assert discover_env({"RANK": "0", "WORLD_SIZE": "2"}).launcher == "deepspeed"
+    slurm = discover_env({"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "77",
+                          "SLURM_JOB_NODELIST": "gpu[003-004,009]"})
+    assert (slurm.rank, slurm.local_rank, slurm.world_size, slurm.master_addr, slurm.launcher) == (
+        5, 1, 8, "gpu003", "slurm")
+    single = discover_env({})
+    assert (single.rank, single.world_size, single.launcher) == (0, 1, "single") and single.master_port > 0
+    assert first_slurm_host("nodeA,nodeB") == "nodeA" and first_slurm_host("c[1-2]") == "c1"
+
+
+def test_warmup_then_cosine():
+    """Linear warm-up to the base lr, cosine down to min_ratio at the last step."""
+    assert lr_factor(0, 4, 20, 0.1) == pytest.approx(0.25) and lr_factor(3, 4, 20, 0.1) == pytest.approx(1.0)
+    assert lr_factor(4, 4, 20, 0.1) == pytest.approx(1.0) and lr_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
+    mid = lr_factor(12, 4, 20, 0.1)
+    assert mid == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_weight_decay_exclusions():
+    """Norms, biases, temperatures and named patterns get no weight decay; 0-d temperatures become [1]."""
+    model = nn.ModuleDict({"proj": nn.Linear(4, 4), "norm": nn.LayerNorm(4), "emb": nn.Embedding(3, 4)})
+    model.log_scale = nn.Parameter(torch.tensor(2.0))
+    assert vectorise_scalar_parameters(model) == ["log_scale"] and model.log_scale.shape == (1,)
+    decay, no_decay = parameter_groups(model, 0.05, ["emb"])
+    assert [p.shape for p in decay["params"]] == [(4, 4)] and decay["weight_decay"] == 0.05
+    assert len(no_decay["params"]) == 5 and no_decay["weight_decay"] == 0.0
+
+
+def test_deepspeed_config_is_filled_from_yaml():
+    """Batch sizes, accumulation, clipping, precision and the torch AdamW come from the YAML config."""
+    cfg = load_config(PretrainConfig, TINY, ["data.manifest=x", "optim.accumulation_steps=3", "data.batch_size=5",
+                                             "engine.precision=bf16"])
+    ds = deepspeed_config(cfg, world_size=4, device_type="cpu")
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (60, 5, 3)
+    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"] and ds["optimizer"]["params"]["torch_adam"]
+    assert ds["zero_optimization"]["stage"] == 2
+
+
+def test_resume_point_ignores_incomplete_and_prune_keeps_last(tmp_path):
+    """latest = newest folder with the completion marker; pruning keeps the last K complete ones."""
+    for step, done in ((2, True), (4, True), (6, True), (8, False)):
+        (tmp_path / tag_for(step)).mkdir()
+        if done:
+            (tmp_path / tag_for(step) / COMPLETE).write_text(json.dumps({"step": step}))
+    assert find_resume_point(tmp_path, "latest").name == tag_for(6)
+    assert find_resume_point(tmp_path, None) is None and find_resume_point(tmp_path / "none", "latest") is None
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        find_resume_point(tmp_path, str(tmp_path / tag_for(8)))
+    prune(tmp_path, keep_last=2)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == [tag_for(4), tag_for(6)]
+    assert (tmp_path / tag_for(8)).is_dir()  # newer than the newest complete: may still be being written
+
+
+def test_bad_step_guard_aborts_after_k_in_a_row():
+    """Skips are counted; K consecutive ones abort with a message naming the setting."""
+    guard = BadStepGuard(limit=2)
+    guard.record(True, 1)
+    guard.record(False, 2)
+    guard.record(True, 3)
+    with pytest.raises(BadStepError, match="max_consecutive_bad_steps=2"):
+        guard.record(True, 4)
+    assert guard.total == 3
+
+
+def test_bad_config_key_is_named(capsys):
+    """An unknown key stops the CLI with exit code 2 and names the key."""
+    from pipeline.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(TINY), "optim.learning_rate=1e-4"])
+    assert exit_info.value.code == 2
+    assert "unknown key 'optim.learning_rate'" in capsys.readouterr().err
+
+
+def test_missing_shard_is_named_before_training(train_manifest, tmp_path, capsys):
+    """A shard listed in the manifest but gone stops the run (exit 1) with the file's name, before any step."""
+    import shutil
+
+    from pipeline.train import main
+    from pipeline.train.loop import Trainer
+
+    copy = tmp_path / "shards"
+    shutil.copytree(train_manifest.parent, copy)
+    victim = sorted((copy / "train").glob("*.tar"))[1]
+    victim.unlink()
+    overrides = tiny_overrides(copy / "manifest.json", tmp_path / "run")
+    with pytest.raises(ShardError, match=victim.name):
+        Trainer(load_config(PretrainConfig, TINY, overrides))
+    assert main(["--config", str(TINY), *overrides]) == 1
+    assert victim.name in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_configs_resolve():
+    """The shipped pretrain configs load (with the manifest the user must give)."""
+    for name in ("demo", "mimic_vitb16", "base"):
+        cfg = load_config(PretrainConfig, REPO / "configs" / "pretrain" / f"{name}.yaml", ["data.manifest=m.json"])
+        assert cfg.data.transform.channels == cfg.model.image.in_chans
