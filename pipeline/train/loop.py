@@ -36,6 +36,7 @@ from pipeline.train.tracking import Tracker, ui_command
 
 log = logging.getLogger("sista.train")
 STEP_LOG = "steps.jsonl"
+BUDGET_STOP = 0  # StopRequest.signal value for "run.max_minutes reached" (no real signal is 0)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device, image_dtype: torch.dtype) -> dict[str, Any]:
@@ -227,7 +228,8 @@ class Trainer:
         metrics = _mean_over_ranks({**scalars, "data_wait_fraction": timing["wait"] / max(timing["total"], 1e-9),
                                     "samples_per_s": self.global_batch / max(timing["total"], 1e-9)}, self.device)
         metrics.update(lr=lr, skipped_steps=self.guard.total, corrupt_samples=corrupt, epoch=state.epoch,
-                       samples_seen=state.samples_seen)
+                       samples_seen=state.samples_seen, global_batch=self.global_batch,
+                       per_device_batch=self.cfg.data.batch_size, negatives_per_row=self.global_batch - 1)
         if grad_norm is not None and not skipped:
             metrics["grad_norm"] = float(grad_norm)
         self.tracker.log_metrics(metrics, state.step)
@@ -279,8 +281,10 @@ class Trainer:
                         stopping = True
                         break
                 if stopping:
-                    status = "KILLED"
-                    log.warning("stopped at step %d on request; checkpoint saved, exiting 0", state.step)
+                    budget = self.stop.signal == BUDGET_STOP  # a planned end: export like a finished run
+                    status = "FINISHED" if budget else "KILLED"
+                    log.warning("stopped at step %d (%s); checkpoint saved, exiting 0", state.step,
+                                "run.max_minutes reached" if budget else "stop signal")
                     break
             if last_saved != state.step:
                 ckpt.save_checkpoint(self.engine, self.ckpt_dir, state, self.rank, self.world,
@@ -302,5 +306,5 @@ class Trainer:
         """(skip, stop) across ranks, where running past ``run.max_minutes`` counts as a stop request."""
         if self._time_up(started) and not self.stop.requested:
             log.info("run.max_minutes=%s reached: stopping after this step", self.cfg.run.max_minutes)
-            self.stop.signal = 0
+            self.stop.signal = BUDGET_STOP
         return self._agree(loss)

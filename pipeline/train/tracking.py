@@ -49,10 +49,14 @@ class Tracker:
             experiment_id = mlflow.create_experiment(self.cfg.experiment, artifact_location=artifacts)
         else:
             experiment_id = experiment.experiment_id
-        if resume_run_id is not None:
+        if resume_run_id is not None and mlflow.tracking.MlflowClient().search_runs(
+            [experiment_id], f"attributes.run_id = '{resume_run_id}'"
+        ):
             run = mlflow.start_run(run_id=resume_run_id)
             log.info("continuing MLflow run %s", resume_run_id)
         else:
+            if resume_run_id is not None:
+                log.warning("MLflow run %s is not in %s: starting a new run", resume_run_id, self.uri)
             run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
             params = {k: str(v)[:MAX_PARAM_CHARS] for k, v in flatten(config).items()}
             items = sorted(params.items())
