@@ -143,11 +143,13 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainState, rank: int, w
 
 def _deepspeed_safe_globals() -> list[Any]:
     """The few non-tensor types DeepSpeed writes into its checkpoint files."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.fp16 import loss_scaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [ZeroStageEnum, LossScaler, fragment_address, set]
+    scalers = [getattr(loss_scaler, name) for name in ("LossScaler", "DynamicLossScaler", "LossScaleProfile",
+                                                        "LossScaleConfig") if hasattr(loss_scaler, name)]
+    return [ZeroStageEnum, fragment_address, set, *scalers]
 
 
 def safe_torch_load(path: str, map_location: Any = None) -> Any:
