@@ -25,7 +25,7 @@ if [[ "${1:-}" == "--cpu-smoke" ]]; then
     data.transform.resize_size=72 model.text.tiny.hidden_size=64 model.text.tiny.num_attention_heads=2 \
     model.text.tiny.intermediate_size=128 model.text.tiny.num_hidden_layers=2 "$@"
 else
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || echo "nvidia-smi failed"
   "$PY" -c "import torch, deepspeed, timm, transformers; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'timm', timm.__version__, 'transformers', transformers.__version__)"
   workers=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
   "$PY" bench/train_throughput.py --config bench/gpu/vitb16_bert6.yaml --synthetic-samples 4320 \
