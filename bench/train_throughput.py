@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import load_config
     from pipeline.data import DataPosition, build_epoch_loader
     from pipeline.train.config import PretrainConfig
-    from pipeline.train.loop import Trainer, _to_device
+    from pipeline.train.loop import Trainer
     from pipeline.train.step import contrastive_step
 
     work = Path(tempfile.mkdtemp(prefix="sista_bench_"))
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def loader():
         return iter(build_epoch_loader(trainer.shards, cfg.data, trainer.collator, rank=0, world_size=1,
-                                       seed=cfg.run.seed, accumulation=accum, start=DataPosition(0)))
+                                       seed=cfg.run.seed, accumulation=accum, start=DataPosition(0),
+                                       pin_memory=device.type == "cuda"))
 
     def step(batches, index):
         return contrastive_step(trainer._encode, trainer._loss(index), batches, trainer._backward, trainer._agree)
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     data_rate = args.steps * per_step / (time.perf_counter() - t0)
 
     # 2. training step alone, on one batch already in memory
-    fixed = [_to_device(next(loader()), device, trainer.image_dtype) for _ in range(accum)]
+    fixed = [trainer._device_batch(next(loader())) for _ in range(accum)]
     with FlopCounterMode(display=False) as counter:
         step(fixed, 0)
     flops_per_step = counter.get_total_flops()
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             _sync(device)
             wait, t_start = 0.0, time.perf_counter()
         t0 = time.perf_counter()
-        micro_batches = [_to_device(next(batches), device, trainer.image_dtype) for _ in range(accum)]
+        micro_batches = [trainer._device_batch(next(batches)) for _ in range(accum)]
         wait += time.perf_counter() - t0
         step(micro_batches, i)
     _sync(device)

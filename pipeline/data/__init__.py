@@ -10,7 +10,7 @@ from pipeline.data.loader import (
     micro_batches_per_epoch,
 )
 from pipeline.data.shards import ShardError, ShardList, resolve_shards
-from pipeline.data.transforms import TransformConfig, eval_transform, train_transform
+from pipeline.data.transforms import TransformConfig, eval_transform, expand_channels, train_transform
 
 __all__ = [
     "Collator",
@@ -23,6 +23,7 @@ __all__ = [
     "TransformConfig",
     "build_epoch_loader",
     "eval_transform",
+    "expand_channels",
     "load_fixed_batch",
     "micro_batches_per_epoch",
     "resolve_shards",

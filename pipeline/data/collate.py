@@ -14,7 +14,7 @@ class Sample:
     """One decoded, transformed training pair."""
 
     key: str  # dicom_id
-    image: torch.Tensor  # [C, S, S] normalised
+    image: torch.Tensor  # [1, S, S] normalised grey
     text: str
     report_emb: np.ndarray | None  # [D] float16, L2-normalised, or None when the shard has none
     labels: list[float | None]  # 14 CheXpert values (1, 0, -1 or None)

@@ -271,7 +271,7 @@ def _worker_init(_: int) -> None:
 class EpochLoader:
     """Iterates one epoch of a :class:`TrainStream` through a DataLoader and tracks the position."""
 
-    def __init__(self, stream: TrainStream, cfg: DataConfig) -> None:
+    def __init__(self, stream: TrainStream, cfg: DataConfig, pin_memory: bool = False) -> None:
         self.stream = stream
         self.position = DataPosition(
             stream.start.epoch,
@@ -289,6 +289,7 @@ class EpochLoader:
             worker_init_fn=_worker_init if cfg.num_workers > 0 else None,
             generator=gen,
             in_order=True,
+            pin_memory=pin_memory,
         )
 
     def __len__(self) -> int:
@@ -319,14 +320,15 @@ def build_epoch_loader(
     seed: int,
     accumulation: int,
     start: DataPosition,
+    pin_memory: bool = False,
 ) -> EpochLoader:
-    """The loader of one epoch on one rank, starting at ``start`` (a fresh epoch or a resumed position)."""
+    """The loader of one epoch on one rank, starting at ``start``; ``pin_memory`` when feeding a GPU."""
     samples = cfg.epoch_samples or shards.num_samples
     total = micro_batches_per_epoch(samples, cfg.batch_size, world_size, accumulation)
     stream = TrainStream(
         shards, cfg, collator, rank=rank, world_size=world_size, seed=seed, total_micro_batches=total, start=start
     )
-    return EpochLoader(stream, cfg)
+    return EpochLoader(stream, cfg, pin_memory)
 
 
 def load_fixed_batch(shards: ShardList, cfg: DataConfig, collator: Collator, count: int) -> dict[str, Any]:

@@ -32,7 +32,7 @@ class TransformConfig:
     contrast: float  # train: contrast factor drawn from [1-c, 1+c]
     mean: float  # normalisation of [0, 1] intensities
     std: float
-    channels: int  # grey image repeated to this many channels
+    channels: int  # grey repeated to this many channels (eval: in the transform; train: after the device copy)
 
 
 def decode_image(data: bytes, ext: str) -> torch.Tensor:
@@ -83,13 +83,17 @@ def random_resized_crop_box(
 
 
 def normalise(image: torch.Tensor, cfg: TransformConfig) -> torch.Tensor:
-    """(x - mean) / std on [0, 1] intensities, then repeat the grey channel ``cfg.channels`` times."""
-    image = (image - cfg.mean) / cfg.std
-    return image.expand(cfg.channels, -1, -1).contiguous()
+    """(x - mean) / std on [0, 1] intensities; stays one grey channel (the loader ships 1/C of the bytes)."""
+    return (image - cfg.mean) / cfg.std
+
+
+def expand_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Repeat the grey channel of a batch [B, 1, S, S] to ``channels`` (a view; done after the device copy)."""
+    return images if images.shape[1] == channels else images.expand(-1, channels, -1, -1)
 
 
 def train_transform(image: torch.Tensor, cfg: TransformConfig, gen: torch.Generator) -> torch.Tensor:
-    """Random resized crop, small affine, brightness/contrast jitter, normalise: [1,H,W] -> [C,S,S]."""
+    """Random resized crop, small affine, brightness/contrast jitter, normalise: [1,H,W] -> [1,S,S]."""
     _, height, width = image.shape
     top, left, h, w = random_resized_crop_box(height, width, cfg.crop_scale, cfg.crop_ratio, gen)
     size = [cfg.image_size, cfg.image_size]
@@ -97,14 +101,15 @@ def train_transform(image: torch.Tensor, cfg: TransformConfig, gen: torch.Genera
     angle = _uniform(gen, -cfg.rotate_degrees, cfg.rotate_degrees)
     shift = [round(_uniform(gen, -cfg.translate, cfg.translate) * cfg.image_size) for _ in range(2)]
     zoom = _uniform(gen, *cfg.scale)
-    image = TF.affine(image, angle=angle, translate=shift, scale=zoom, shear=[0.0, 0.0])
+    image = TF.affine(image, angle=angle, translate=shift, scale=zoom, shear=[0.0, 0.0],
+                      interpolation=TF.InterpolationMode.BILINEAR)
     image = TF.adjust_brightness(image, _uniform(gen, 1 - cfg.brightness, 1 + cfg.brightness))
     image = TF.adjust_contrast(image, _uniform(gen, 1 - cfg.contrast, 1 + cfg.contrast))
-    return normalise(image.clamp_(0.0, 1.0), cfg)
+    return normalise(image.clamp_(0.0, 1.0), cfg)  # one channel: expand_channels runs on the device
 
 
 def eval_transform(image: torch.Tensor, cfg: TransformConfig) -> torch.Tensor:
     """Resize the short side to ``resize_size``, centre crop ``image_size``, normalise: [1,H,W] -> [C,S,S]."""
     image = TF.resize(image, [cfg.resize_size], antialias=True)
     image = TF.center_crop(image, [cfg.image_size, cfg.image_size])
-    return normalise(image.clamp_(0.0, 1.0), cfg)
+    return normalise(image.clamp_(0.0, 1.0), cfg).expand(cfg.channels, -1, -1).contiguous()

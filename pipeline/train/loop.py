@@ -17,6 +17,7 @@ from pipeline.data import (
     Collator,
     DataPosition,
     build_epoch_loader,
+    expand_channels,
     load_fixed_batch,
     micro_batches_per_epoch,
 )
@@ -39,13 +40,14 @@ STEP_LOG = "steps.jsonl"
 BUDGET_STOP = 0  # StopRequest.signal value for "run.max_minutes reached" (no real signal is 0)
 
 
-def _to_device(batch: dict[str, Any], device: torch.device, image_dtype: torch.dtype) -> dict[str, Any]:
-    """Move a batch's tensors to ``device`` (images in the compute precision)."""
+def _to_device(batch: dict[str, Any], device: torch.device, image_dtype: torch.dtype, channels: int) -> dict[str, Any]:
+    """Move a batch's tensors to ``device``; images in the compute precision with ``channels`` channels."""
     out = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):
             value = value.to(device, dtype=image_dtype if key == "images" else None, non_blocking=True)
         out[key] = value
+    out["images"] = expand_channels(out["images"], channels)
     return out
 
 
@@ -118,6 +120,9 @@ class Trainer:
         self.step_log = self.run_dir / STEP_LOG
 
     # ------------------------------------------------------------------ pieces of a step
+
+    def _device_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return _to_device(batch, self.device, self.image_dtype, self.cfg.data.transform.channels)
 
     def _encode(self, batch: dict[str, Any]):
         word_ids = batch["word_ids"] if self.cfg.loss.sta.token_unit == "word" else None
@@ -203,7 +208,7 @@ class Trainer:
 
         self.engine.eval()
         with torch.no_grad():
-            image, text, _ = self._encode(_to_device(batch, self.device, self.image_dtype))
+            image, text, _ = self._encode(self._device_batch(batch))
         self.engine.train()
         if self.is_main:
             import matplotlib.pyplot as plt
@@ -249,12 +254,12 @@ class Trainer:
             while state.step < self.total_steps:
                 loader = build_epoch_loader(self.shards, self.cfg.data, self.collator, rank=self.rank,
                                             world_size=self.world, seed=self.cfg.run.seed, accumulation=self.accum,
-                                            start=state.data)
+                                            start=state.data, pin_memory=self.device.type == "cuda")
                 batches = iter(loader)
                 stopping = False
                 while state.step < self.total_steps and loader.position.micro_batches < loader.stream.total:
                     t0 = time.perf_counter()
-                    micro = [_to_device(next(batches), self.device, self.image_dtype) for _ in range(self.accum)]
+                    micro = [self._device_batch(next(batches)) for _ in range(self.accum)]
                     t1 = time.perf_counter()
                     outcome = contrastive_step(self._encode, self._loss(state.step + 1), micro, self._backward,
                                                lambda loss, t=started: self._agree_with_budget(loss, t))

@@ -69,7 +69,7 @@ def test_batch_contents(tiny_shards):
     """A batch holds normalised images, fixed-length tokens with word ids, report embeddings and labels."""
     batches, _ = epoch_batches(data_config(tiny_shards(16, 4)), limit=1)
     b = batches[0]
-    assert b["images"].shape == (4, 3, 16, 16) and b["images"].dtype == torch.float32
+    assert b["images"].shape == (4, 1, 16, 16) and b["images"].dtype == torch.float32  # grey; expanded on device
     assert b["input_ids"].shape == (4, 12) and b["attention_mask"].shape == (4, 12)
     assert (b["word_ids"][b["attention_mask"] == 0] == -1).all() and (b["word_ids"][:, 0] == -1).all()
     assert b["report_emb"].shape == (4, 8) and torch.allclose(b["report_emb"].norm(dim=1), torch.ones(4), atol=1e-2)

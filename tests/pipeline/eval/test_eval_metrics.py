@@ -116,8 +116,10 @@ def test_pointing_game_hand_case() -> None:
     masks[0, 1, :] = True
     maps[1, 0, 0] = 1.0  # peak outside
     masks[1, 2, 2] = True
-    masks[2, 0, 0] = True  # flat map: tie with outside -> miss
+    masks[2, 2, 2] = True  # flat map: points at the top-left pixel -> miss
     assert metrics.pointing_hits(maps, masks).tolist() == [True, False, False]
+    maps[0, 0, 2] = 1.0  # a tie: the first maximum in row-major order (0, 2) counts, outside the mask
+    assert not metrics.pointing_hits(maps[:1], masks[:1])[0]
 
 
 def test_threshold_and_iou_hand_case() -> None:

@@ -1,0 +1,96 @@
+"""A brief in-process pre-training of a tiny model on phantom shards, exported like the trainer exports.
+
+Only for the evaluation tests: a plain torch loop over :class:`SistaLoss` (the DeepSpeed trainer
+has its own tests), so that the evaluation can be checked against a model that learned something.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from pipeline.config import config_from_dict, load_yaml_tree, save_config
+from pipeline.data.collate import Collator
+from pipeline.data.transforms import TransformConfig, sample_generator, train_transform
+from pipeline.eval.adapters import load_shard_split
+from pipeline.losses import LossConfig, SistaLoss
+from pipeline.models import ModelConfig, build_model, build_tokenizer
+
+log = logging.getLogger(__name__)
+IMAGE_SIZE = 96
+TRANSFORM = {
+    "image_size": IMAGE_SIZE, "resize_size": 104, "crop_scale": [0.7, 1.0], "crop_ratio": [0.9, 1.1],
+    "rotate_degrees": 3.0, "translate": 0.03, "scale": [0.95, 1.05], "brightness": 0.1, "contrast": 0.1,
+    "mean": 0.5, "std": 0.25, "channels": 1,
+}
+
+
+def tiny_model_config(repo_root: Path, minilm_dir: Path) -> ModelConfig:
+    """configs/pretrain/tiny.yaml's model with timm's ``test_vit`` (64-d, a 6 x 6 patch grid at 96 px) and MiniLM text.
+
+    The text tower is the real pretrained MiniLM (as in the demo); the tests keep it frozen so a
+    brief run on CPU only trains the image tower, the heads and the temperatures.
+    """
+    tree, _ = load_yaml_tree(repo_root / "configs/pretrain/tiny.yaml")
+    model = tree["model"]
+    model["image"].update({"name": "test_vit", "img_size": IMAGE_SIZE})
+    model["text"].update({"name": str(minilm_dir), "tiny": None, "pooling": "mean", "max_length": 40})
+    return config_from_dict(ModelConfig, model, "tiny.yaml (eval tests)")
+
+
+def export_run(model, cfg: ModelConfig, run_dir: Path, loss_cfg: LossConfig) -> Path:
+    """Write ``run_dir/export`` and a ``run_dir/config.yaml`` with the pieces evaluation reads."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model.export(run_dir / "export")
+    (run_dir / "config.yaml").write_text(
+        yaml.safe_dump({"data": {"transform": TRANSFORM}, "loss": {"sta": {"token_unit": loss_cfg.sta.token_unit}}}),
+        encoding="utf-8",
+    )
+    save_config(cfg, run_dir / "model_config_used.yaml")
+    return run_dir / "export"
+
+
+def train_tiny(
+    repo_root: Path, minilm_dir: Path, shards_root: Path, run_dir: Path, *, steps: int, preset: str = "sista",
+    batch_size: int = 32, seed: int = 0,
+) -> Path:
+    """Train for ``steps`` steps on the shards' train split (online SIA similarity); return the export folder."""
+    torch.manual_seed(seed)
+    cfg = tiny_model_config(repo_root, minilm_dir)
+    tokenizer = build_tokenizer(cfg)
+    model = build_model(cfg, tokenizer)
+    tree, _ = load_yaml_tree(repo_root / "configs/pretrain/tiny.yaml")
+    tree["loss"].update({"preset": preset})
+    tree["loss"]["sia"]["similarity_source"] = "online"
+    loss_cfg = config_from_dict(LossConfig, tree["loss"], "tiny.yaml (eval tests)")
+    if steps == 0:
+        return export_run(model, cfg, run_dir, loss_cfg)
+    criterion = SistaLoss(loss_cfg, report_pooling="mean")
+    transform = config_from_dict(TransformConfig, TRANSFORM, "eval tests")
+    data = load_shard_split(shards_root, "train", uncertain="ignore")
+    images = [loader() for loader in data.loaders]
+    collate = Collator(tokenizer, cfg.text.max_length)
+    model.text_encoder.requires_grad_(False)
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.05)
+    order = torch.Generator().manual_seed(seed)
+    model.train()
+    model.text_encoder.eval()  # frozen: no dropout
+    for step in range(steps):
+        started = time.perf_counter()
+        batch = torch.randperm(len(images), generator=order)[:batch_size].tolist()
+        pixels = torch.stack([
+            train_transform(images[i], transform, sample_generator(seed, step, data.ids[i])) for i in batch
+        ])
+        enc = collate.tokenise([data.texts[i] for i in batch])
+        word_ids = enc["word_ids"] if loss_cfg.sta.token_unit == "word" else None
+        image, text = model(pixels, enc["input_ids"], enc["attention_mask"], word_ids)
+        out = criterion(image, text, model.logit_scales())
+        optimiser.zero_grad()
+        out["loss"].backward()
+        optimiser.step()
+        log.info("step %d loss %.4f (%.2f s)", step, float(out["loss"]), time.perf_counter() - started)
+    return export_run(model.eval(), cfg, run_dir, loss_cfg)
