@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as `python launch/ablation.py`
+    sys.path.insert(0, str(REPO))
 PRESETS = ("clip", "sia_only", "sta_only", "sista")
 COLUMNS = (
     ("zero-shot mean AUROC", ("zero_shot", "mean_auroc", "auroc")),
@@ -45,8 +47,8 @@ def train_command(args: argparse.Namespace, preset: str) -> list[str]:
     module = ["-m", "pipeline.train", "--config", str(args.train_config), *overrides]
     if args.nproc == 1:
         return [sys.executable, *module]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-            "-m", "pipeline.train", "--config", str(args.train_config), *overrides]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+            *module]
 
 
 def eval_command(args: argparse.Namespace, preset: str) -> list[str]:
@@ -60,10 +62,11 @@ def eval_command(args: argparse.Namespace, preset: str) -> list[str]:
     ]
 
 
-def run(command: list[str], what: str) -> None:
-    """Run a child process in the repo root; stop with its exit code when it fails."""
+def run(command: list[str], what: str, nproc: int) -> None:
+    """Run a child process in the repo root (CPU threads shared among ``nproc`` processes); stop when it fails."""
     log.info("%s: %s", what, " ".join(command))
-    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+    threads = str(max(1, (os.cpu_count() or 2) // nproc))
+    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": threads}
     result = subprocess.run(command, cwd=REPO, env=env, check=False)
     if result.returncode != 0:
         raise SystemExit(f"ablation: {what} failed with exit code {result.returncode}")
@@ -100,10 +103,10 @@ def run_ablation(args: argparse.Namespace) -> str:
     metrics = {}
     for preset in args.presets:
         if not (out / preset / "export" / "model_config.yaml").is_file():
-            run(train_command(args, preset), f"train {preset}")
+            run(train_command(args, preset), f"train {preset}", args.nproc)
         metrics_file = out / preset / "eval" / "metrics.json"
         if not metrics_file.is_file():
-            run(eval_command(args, preset), f"evaluate {preset}")
+            run(eval_command(args, preset), f"evaluate {preset}", 1)
         metrics[preset] = json.loads(metrics_file.read_text(encoding="utf-8"))
     table = ablation_table(metrics, args.steps)
     (out / "ablation.md").write_text(table + "\n", encoding="utf-8")
@@ -125,6 +128,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         metavar="key=value", help="an override for every evaluation (repeatable)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every training run")
     return parser.parse_args(argv)
+
+
+def ablation_args(
+    manifest: Path, annotations: Path, out: Path, steps: int, nproc: int, overrides: list[str]
+) -> argparse.Namespace:
+    """The arguments of :func:`run_ablation` for a caller that is not the command line (the demo)."""
+    return parse_args(["--manifest", str(manifest), "--annotations", str(annotations), "--out", str(out),
+                       "--steps", str(steps), "--nproc", str(nproc), *overrides])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from pipeline.config import ConfigError
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.context import EvalContext, TaskResult, pick_device, resolve_transform, tokenizer_for
@@ -57,10 +55,9 @@ def evaluate(cfg: EvalConfig, config_name: str = "eval") -> tuple[list[TaskResul
     out_dir = output_dir(cfg, config_name)
     ctx = build_context(cfg, out_dir)
     results = []
-    with torch.inference_mode():
-        for task in cfg.tasks:
-            log.info("evaluating %s on %s", task, cfg.checkpoint)
-            results.append(TASKS[task](ctx))
+    for task in cfg.tasks:
+        log.info("evaluating %s on %s", task, cfg.checkpoint)
+        results.append(TASKS[task](ctx))
     paths = write_outputs(out_dir, cfg, results)
     run_id = log_to_mlflow(cfg, results, paths, out_dir)
     log.info("wrote %s and %s%s", paths["metrics"], paths["table"], f" (MLflow run {run_id})" if run_id else "")

@@ -4,7 +4,7 @@ A phrase is encoded on its own; its token–patch similarities go through STA's 
 weighting (:func:`pipeline.losses.alignment_weights`, min–max, cut below σ, renormalised), and
 the phrase's map is the mean of its valid tokens' weights, bilinearly upsampled from the patch
 grid to the model's input crop. The ground-truth mask goes through the same resize and centre
-crop as the image. Pointing game: the map's maximum lies inside the mask (ties count against);
+crop as the image. Pointing game: the map's (first) maximum lies inside the mask;
 IoU: the map min–max normalised and thresholded at ``grounding.iou_threshold``.
 """
 

@@ -119,7 +119,8 @@ def fit_linear(
         loss.backward()
         return loss
 
-    optimiser.step(closure)
+    with torch.inference_mode(False), torch.enable_grad():  # callers may run under inference mode
+        optimiser.step(closure)
     return LinearClassifier(mean, std, weight.detach(), bias.detach(), task)
 
 

@@ -151,18 +151,18 @@ def same_label_set(query_labels: np.ndarray, candidate_labels: np.ndarray) -> np
 
 
 def pointing_hits(heatmaps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """``[N]`` booleans: the map's maximum lies inside the mask and nowhere outside it.
+    """``[N]`` booleans: does each map's maximum (the first one in row-major order) fall inside its mask?
 
-    ``heatmaps`` and ``masks`` are ``[N, H, W]`` at the same resolution. A maximum shared by a
-    pixel outside the mask (a flat map, say) is a miss: ties count against the model.
+    ``heatmaps`` and ``masks`` are ``[N, H, W]`` at the same resolution. Taking the first maximum
+    makes a flat map point at the top-left pixel, so a map without information scores at most the
+    chance of that corner being in the mask.
     """
     heatmaps = np.asarray(heatmaps, dtype=np.float64)
     masks = np.asarray(masks, dtype=bool)
     if heatmaps.shape != masks.shape or heatmaps.ndim != 3:
         raise ValueError(f"heat maps {heatmaps.shape} and masks {masks.shape} must both be [N, H, W]")
-    inside = np.where(masks, heatmaps, -np.inf).reshape(len(masks), -1).max(axis=1)
-    outside = np.where(masks, -np.inf, heatmaps).reshape(len(masks), -1).max(axis=1)
-    return inside > outside
+    peak = heatmaps.reshape(len(masks), -1).argmax(axis=1)
+    return masks.reshape(len(masks), -1)[np.arange(len(masks)), peak]
 
 
 def threshold_maps(heatmaps: np.ndarray, threshold: float) -> np.ndarray:

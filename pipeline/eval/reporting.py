@@ -65,17 +65,15 @@ def numeric_leaves(tree: Any, prefix: str = "") -> dict[str, float]:
 
 def pretrain_run_id(checkpoint: Path) -> str | None:
     """The MLflow run of the training run that exported ``checkpoint`` (from its newest complete checkpoint)."""
-    from pipeline.train.checkpoint import complete_checkpoints
+    from pipeline.train.checkpoint import find_resume_point
 
     run_dir = checkpoint.resolve().parent
     ckpt_dir = ((training_config(checkpoint) or {}).get("checkpoint") or {}).get("dir") or run_dir / "checkpoints"
-    folders = complete_checkpoints(Path(ckpt_dir)) if Path(ckpt_dir).is_dir() else []
-    if not folders:
+    folder = find_resume_point(Path(ckpt_dir), "latest") if Path(ckpt_dir).is_dir() else None
+    state = None if folder is None else folder / TRAINER_STATE
+    if state is None or not state.is_file():
         return None
-    state = folders[-1] / TRAINER_STATE
-    if not state.is_file():
-        return None
-    return json.loads(state.read_text(encoding="utf-8")).get("mlflow_run_id")
+    return json.loads(state.read_text(encoding="utf-8"))["state"].get("mlflow_run_id")
 
 
 def tracking_uri(cfg: EvalConfig, checkpoint: Path, out_dir: Path) -> str:

@@ -92,5 +92,5 @@ def train_tiny(
         optimiser.zero_grad()
         out["loss"].backward()
         optimiser.step()
-        log.info("step %d loss %.4f (%.2f s)", step, float(out["loss"]), time.perf_counter() - started)
+        log.info("step %d loss %.4f (%.2f s)", step, float(out["loss"].detach()), time.perf_counter() - started)
     return export_run(model.eval(), cfg, run_dir, loss_cfg)
