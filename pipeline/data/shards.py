@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import braceexpand
+from webdataset.shardlists import expand_urls
 
 PIPE_PREFIX = "pipe:"
 PATH_FIELD = "{path}"
@@ -83,8 +83,8 @@ def shards_from_manifest(manifest_location: str, split: str, shard_root: str | N
 
 
 def shards_from_pattern(pattern: str, num_samples: int, split: str) -> ShardList:
-    """Shards named by a brace pattern (``train-{000000..000099}.tar`` or a ``pipe:`` command with one)."""
-    urls = tuple(braceexpand.braceexpand(pattern))
+    """Shards named by a brace pattern (``train-{000000..000099}.tar``, a ``pipe:`` command with one, ``::``-joined)."""
+    urls = tuple(expand_urls(pattern))
     if not urls:
         raise ShardError(f"shard pattern {pattern!r} expands to no shard")
     return ShardList(split, urls, num_samples, None)
