@@ -146,3 +146,16 @@ def test_brace_pattern_and_pipe_urls(tiny_shards):
         start=DataPosition(0),
     )
     assert sorted(k for b in loader for k in b["keys"]) == [f"d{i:05d}" for i in range(16)]
+
+
+def test_shard_root_templates():
+    """Manifest paths resolve next to the manifest, under a folder, or into a pipe: template; bad templates are named."""
+    from pipeline.data.shards import shard_url
+
+    assert shard_url("train/a.tar", "/d/manifest.json", None) == "/d/train/a.tar"
+    assert shard_url("train/a.tar", "/d/manifest.json", "/mnt/s") == "/mnt/s/train/a.tar"
+    assert shard_url("train/a.tar", "pipe:cat m", "pipe:aws s3 cp s3://b/{path} -") == "pipe:aws s3 cp s3://b/train/a.tar -"
+    with pytest.raises(ShardError, match="no \\{path\\} placeholder"):
+        shard_url("train/a.tar", "/d/manifest.json", "pipe:aws s3 cp s3://b/ -")
+    with pytest.raises(ShardError, match="data.shard_root"):
+        shard_url("train/a.tar", "pipe:cat m", None)
