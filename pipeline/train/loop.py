@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from pipeline.config import save_config
 from pipeline.data import (
@@ -250,6 +252,8 @@ class Trainer:
         started = time.time()
         self.stop.install()
         status, last_saved = "FINISHED", -1
+        bar = tqdm(total=self.total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not (self.is_main and sys.stderr.isatty()))
         try:
             while state.step < self.total_steps:
                 loader = build_epoch_loader(self.shards, self.cfg.data, self.collator, rank=self.rank,
@@ -271,6 +275,7 @@ class Trainer:
                         state.epoch += 1
                         state.data = DataPosition(state.epoch)
                     self.guard.record(outcome.skipped, state.step)
+                    bar.update(1)
                     state.skipped_steps = self.guard.total
                     t2 = time.perf_counter()
                     self._record(state, outcome.terms, outcome.skipped, {"wait": t1 - t0, "total": t2 - t0},
@@ -303,6 +308,7 @@ class Trainer:
             status = "FAILED"
             raise
         finally:
+            bar.close()
             self.stop.uninstall()
             self.tracker.end(status)
         return 0
