@@ -24,3 +24,14 @@ def train_manifest(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory)
     ])
     shard_mimic(cfg)
     return out / "manifest.json"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread for in-process model work: OpenMP spinning on a busy 2-core machine is far slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,6 +21,7 @@ def _port() -> int:
 
 def _worker(rank: int, world: int, port: int, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         model, loss, encode, batch = _setup(dropout=0.0)
