@@ -1,0 +1,34 @@
+"""launch/ablation.py: every preset gets the same budget; the table labels every number phantom."""
+
+from __future__ import annotations
+
+from launch.ablation import PRESETS, ablation_table, eval_command, parse_args, train_command
+
+
+def test_presets_differ_only_in_the_loss_preset(tmp_path) -> None:
+    args = parse_args(["--manifest", "m.json", "--annotations", "a.json", "--out", str(tmp_path), "--steps", "7",
+                       "model.embed_dim=16"])
+    commands = {p: train_command(args, p) for p in PRESETS}
+    for preset, command in commands.items():
+        assert f"loss.preset={preset}" in command and "schedule.max_steps=7" in command
+        assert "model.embed_dim=16" in command and "--nproc_per_node=2" in command
+        rest = [c for c in command if not c.startswith(("loss.preset=", "run.name="))]
+        assert rest == [c for c in commands["clip"] if not c.startswith(("loss.preset=", "run.name="))]
+    evaluation = eval_command(args, "sista")
+    assert any(c.endswith("configs/eval/phantom_all.yaml") for c in evaluation)
+    assert f"checkpoint={tmp_path / 'sista' / 'export'}" in evaluation
+
+
+def test_table_has_one_row_per_preset_and_says_phantom() -> None:
+    tasks = {
+        "zero_shot": {"mean_auroc": {"auroc": 0.61}},
+        "retrieval": {"image_to_report": {"label_set": {"R@1": {"value": 0.25}}}},
+        "linear_probe": {"datasets": {"shards": {"fractions": {"1pct": {"auroc": 0.7}}}}},
+        "grounding": {"overall": {"pointing_accuracy": 0.125, "mean_iou": 0.05}},
+    }
+    table = ablation_table({"clip": {"tasks": tasks}, "sista": {"tasks": {}}}, steps=60)
+    lines = table.splitlines()
+    assert "phantom" in lines[0] and "60 steps" in lines[0]
+    assert lines[2].startswith("| clip | 61.0 | 25.0 | n/a | n/a | n/a | 70.0 | 12.5 | 5.0 |")
+    assert lines[3] == "| sista | " + " | ".join(["n/a"] * 8) + " |"
+    assert "phantom set" in table
