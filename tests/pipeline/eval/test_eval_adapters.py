@@ -295,3 +295,42 @@ def test_ms_cxr_boxes_and_metadata_lookup(tmp_path: Path) -> None:
     expected[20:40, 0:10] = True
     expected[30:40, 10:20] = True
     assert np.array_equal(mask, expected)
+
+
+# --------------------------------------------------------------------------- the phantom generator's downstream layouts
+
+
+def test_phantom_downstream_chexpert(phantom_root: Path) -> None:
+    root = phantom_root / "downstream" / "chexpert"
+    rows = list(csv.DictReader((root / "train.csv").open()))
+    frontal = [r for r in rows if r["Frontal/Lateral"] == "Frontal"]
+    data = load_chexpert(root, "train", ["Cardiomegaly", "Pleural Effusion"], uncertain="ones", frontal_only=True)
+    assert len(data) == len(frontal)
+    expected = [[1.0 if r[n] in ("1.0", "-1.0") else 0.0 for n in ("Cardiomegaly", "Pleural Effusion")] for r in frontal]
+    assert data.labels.tolist() == expected
+    image = data.loaders[0]()
+    assert image.ndim == 3 and image.shape[0] == 1 and 0.0 <= float(image.min()) < float(image.max()) <= 1.0
+    test = load_chexpert(root, "valid", ["Cardiomegaly"], uncertain="zeros", frontal_only=True)
+    assert len(test) > 0
+
+
+def test_phantom_downstream_rsna_matches_the_sharders_dicom_pipeline(phantom_root: Path) -> None:
+    from data_prep.dicom_pixels import WindowSettings, display_lut
+    from data_prep.dicom_pixels import read_dicom as read_ds
+
+    root = phantom_root / "downstream" / "rsna"
+    data = load_rsna(root)
+    rows = list(csv.DictReader((root / "stage_2_train_labels.csv").open()))
+    assert len(data) == len({r["patientId"] for r in rows})
+    positives = {r["patientId"] for r in rows if r["Target"] == "1"}
+    assert {i for i, y in zip(data.ids, data.labels[:, 0]) if y == 1.0} == positives
+    for pid in data.ids[:4]:
+        path = root / "stage_2_train_images" / f"{pid}.dcm"
+        ds = read_ds(path)
+        stored = ds.pixel_array
+        lut, offset, transform = display_lut(ds, stored, WindowSettings(True, 0.5, 99.5))
+        reference = lut[stored.astype(np.int64) + offset]
+        ours = read_dicom(path)[0].numpy()
+        # same chain; the percentile window interpolates where the sharder takes an inverted-CDF value
+        tolerance = 1e-4 if transform["voi"]["kind"] != "percentile" else 0.02
+        assert np.abs(ours - reference).max() < tolerance, (pid, transform["voi"])
