@@ -109,7 +109,7 @@ class EvalContext:
 
     def image_features(self, data: LabelledImages, which: str) -> np.ndarray:
         """``global`` (projected, normalised) or ``backbone`` (trunk pooled) features of every image, cached."""
-        key = (data.name, tuple(data.ids[:1]), len(data), which)
+        key = (data.name, hash(tuple(data.ids)), which)
         if key not in self._image_cache:
             emb = embed_images(
                 self.model,
