@@ -31,6 +31,25 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _profile_steps(step, fixed, device, steps: int = 3) -> None:
+    """Print where 3 training steps spend their time (top operators by device and by host time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            step(fixed, i)
+        _sync(device)
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(events.table(sort_by=sort, row_limit=30, max_name_column_width=60))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
+    print(f"profile: {steps} steps in {wall * 1e3:.0f} ms wall (compare with the self device time total above)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the three measurements and print them."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -41,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the device (default: by GPU name)")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of 3 training steps")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if "engine.device=cpu" in args.overrides else "")
@@ -112,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     _sync(device)
     step_time = (time.perf_counter() - t0) / args.steps
     step_rate = per_step / step_time
+
+    if args.profile:
+        _profile_steps(step, fixed, device)
 
     # 3. both together, as the trainer runs
     batches = loader()

@@ -44,6 +44,7 @@ class EngineConfig:
     deepspeed_config: str  # configs/deepspeed/zero{1,2,3}.json (relative to the working dir or the repo)
     precision: Literal["fp32", "bf16", "fp16"]
     device: Literal["auto", "cpu", "cuda"]
+    compile: bool  # torch.compile both encoders in place (ZeRO-1/2 only): fewer kernel launches on GPUs
 
 
 @dataclass
