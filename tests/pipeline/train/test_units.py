@@ -15,7 +15,13 @@ from pipeline.data import ShardError
 from pipeline.train.checkpoint import COMPLETE, complete_checkpoints, find_resume_point, prune, tag_for
 from pipeline.train.config import PretrainConfig
 from pipeline.train.distributed import discover_env, first_slurm_host
-from pipeline.train.engine import deepspeed_config, lr_factor, parameter_groups, vectorise_scalar_parameters
+from pipeline.train.engine import (
+    compile_encoders,
+    deepspeed_config,
+    lr_factor,
+    parameter_groups,
+    vectorise_scalar_parameters,
+)
 from pipeline.train.faults import BadStepError, BadStepGuard
 
 
@@ -122,3 +128,17 @@ def test_configs_resolve():
     for name in ("demo", "mimic_vitb16", "base"):
         cfg = load_config(PretrainConfig, REPO / "configs" / "pretrain" / f"{name}.yaml", ["data.manifest=m.json"])
         assert cfg.data.transform.channels == cfg.model.image.in_chans
+
+
+def test_compile_is_refused_under_zero3_and_keeps_parameter_names():
+    class Both(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.image_encoder, self.text_encoder = nn.Linear(3, 2), nn.Linear(2, 2)
+
+    model = Both()
+    names = [n for n, _ in model.named_parameters()]
+    with pytest.raises(ValueError, match="ZeRO stage 1 or 2"):
+        compile_encoders(model, {"zero_optimization": {"stage": 3}})
+    compile_encoders(model, {"zero_optimization": {"stage": 2}})
+    assert [n for n, _ in model.named_parameters()] == names  # checkpoints and export unaffected
