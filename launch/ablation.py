@@ -99,6 +99,14 @@ def ablation_table(metrics: dict[str, dict], steps: int) -> str:
     lines.append("")
     lines.append("All numbers in % and measured on the phantom set (a test instrument, not a clinical benchmark); "
                  "retrieval relevance = same label set.")
+    first = next(iter(metrics.values()), {}).get("tasks", {})
+    retrieval_chance = lookup(first, ("retrieval", "chance_R@1_label_set"))
+    pointing_chance = lookup(first, ("grounding", "overall", "chance_pointing"))
+    if retrieval_chance is not None or pointing_chance is not None:
+        parts = [f"R@1 {100 * retrieval_chance:.1f} (random ranking)" if retrieval_chance is not None else "",
+                 f"pointing {100 * pointing_chance:.1f} (mean region area)" if pointing_chance is not None else ""]
+        lines.append("Chance levels: " + ", ".join(p for p in parts if p) + "; zero-shot and probe AUROC 50.0. "
+                     "Per-run 95 % CIs are in <preset>/eval/metrics.md.")
     return "\n".join(lines)
 
 
