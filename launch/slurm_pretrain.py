@@ -62,15 +62,16 @@ class PretrainJob(submitit.helpers.Checkpointable):
     attempt: int = 0
 
     def trainer_overrides(self) -> list[str]:
-        """The training overrides of this attempt: a requeued attempt resumes from the newest checkpoint.
+        """The training overrides of this attempt: the job's MLflow run; a requeued attempt resumes from the newest checkpoint.
 
         Without a checkpoint yet the attempt starts afresh with the first attempt's overrides, so the
         parameters it logs into the (same) MLflow run do not change value.
         """
+        overrides = [*self.overrides, *(self.mlflow.overrides() if self.mlflow is not None else [])]
         requeued = self.attempt > 0 or int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
         if requeued and pretrain_run.has_checkpoint(pretrain_run.load_train_config(self.config_path, self.overrides)):
-            return [*self.overrides, RESUME_LATEST]
-        return list(self.overrides)
+            return [*overrides, RESUME_LATEST]
+        return overrides
 
     def __call__(self) -> int:
         """Export this task's distributed environment, record the attempt, train; requeue if preempted."""
@@ -79,10 +80,8 @@ class PretrainJob(submitit.helpers.Checkpointable):
         setup_logging(task.rank, task.world_size)
         log.info("job %s attempt %d: rank %d/%d (local %d) rendezvous %s:%d", task.job_id, self.attempt,
                  task.rank, task.world_size, task.local_rank, task.master_addr, task.master_port)
-        if self.mlflow is not None:
-            self.mlflow.export()
-            if task.rank == 0:
-                pretrain_run.record_attempt(self.mlflow, task.job_id)
+        if self.mlflow is not None and task.rank == 0:
+            pretrain_run.record_attempt(self.mlflow, task.job_id)
         with PreemptionRelay() as relay:
             result = run_trainer(self.config_path, self.trainer_overrides())
         if relay.preempted and task.rank == 0:

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.data import DataPosition
+from pipeline.train.config import PretrainConfig, checkpoint_dir
 
 log = logging.getLogger(__name__)
 TAG_PATTERN = re.compile(r"^step(\d{9})$")
@@ -44,9 +45,33 @@ class TrainState:
     data: DataPosition
 
 
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A complete checkpoint as its files describe it (no tensors loaded)."""
+
+    folder: Path
+    step: int
+    epoch: int
+    world_size: int
+    mlflow_run_id: str | None
+
+
 def tag_for(step: int) -> str:
     """The checkpoint tag (folder name) of ``step``."""
     return f"step{step:09d}"
+
+
+def rank_state_file(folder: Path, rank: int) -> Path:
+    """The JSON file of ``rank``'s trainer state (and Python/NumPy RNG) in a checkpoint folder."""
+    return folder / f"trainer_rank{rank:05d}.json"
+
+
+def describe(folder: Path) -> CheckpointInfo:
+    """Step, epoch, world size and MLflow run of the complete checkpoint ``folder``."""
+    marker = json.loads((folder / COMPLETE).read_text(encoding="utf-8"))
+    state = json.loads(rank_state_file(folder, 0).read_text(encoding="utf-8"))["state"]
+    return CheckpointInfo(folder, int(marker["step"]), int(marker["epoch"]), int(marker["world_size"]),
+                          state.get("mlflow_run_id"))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -103,6 +128,11 @@ def find_resume_point(ckpt_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
+def resume_checkpoint(cfg: PretrainConfig) -> Path | None:
+    """The folder the trainer of ``cfg`` resumes from (``checkpoint.resume`` in its checkpoint dir), None: fresh."""
+    return find_resume_point(checkpoint_dir(cfg), cfg.checkpoint.resume)
+
+
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -126,7 +156,7 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainState, rank: int, w
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={}, save_latest=False)
     folder.mkdir(parents=True, exist_ok=True)
     mine = {"state": {**asdict(state), "data": state.data.to_dict()}, "rng": _python_rng(), "world_size": world_size}
-    _write_atomic(folder / f"trainer_rank{rank:05d}.json", json.dumps(mine))
+    _write_atomic(rank_state_file(folder, rank), json.dumps(mine))
     torch.save(_torch_rng(), folder / f"rng_rank{rank:05d}.pt")
     _barrier()
     if rank == 0:
@@ -165,10 +195,10 @@ def use_safe_loading(engine: Any) -> None:
 
 def load_checkpoint(engine: Any, folder: Path, rank: int, world_size: int) -> TrainState:
     """Load DeepSpeed's tag and this rank's state and RNG; the world size must match the saving run."""
-    marker = json.loads((folder / COMPLETE).read_text())
-    if marker["world_size"] != world_size:
+    saved_by = describe(folder).world_size
+    if saved_by != world_size:
         raise RuntimeError(
-            f"{folder} was written by {marker['world_size']} ranks; this run has {world_size}. Resume with the same "
+            f"{folder} was written by {saved_by} ranks; this run has {world_size}. Resume with the same "
             "number of processes (each rank's data position is saved), or export it and start a new run from the weights"
         )
     use_safe_loading(engine)
@@ -177,7 +207,7 @@ def load_checkpoint(engine: Any, folder: Path, rank: int, world_size: int) -> Tr
     )
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {folder}")
-    mine = json.loads((folder / f"trainer_rank{rank:05d}.json").read_text())
+    mine = json.loads(rank_state_file(folder, rank).read_text())
     _restore_python_rng(mine["rng"])
     rng = torch.load(folder / f"rng_rank{rank:05d}.pt", weights_only=True)
     torch.set_rng_state(rng["cpu"])

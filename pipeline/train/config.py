@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional
 
 from pipeline.data import DataConfig
@@ -69,6 +70,7 @@ class TrackingConfig:
     figure_images: int
     figure_words: int
     uri: Optional[str] = None
+    run_id: Optional[str] = None  # log into this existing run on a fresh start (a resumed run keeps its own)
 
 
 @dataclass
@@ -105,3 +107,13 @@ class PretrainConfig:
     tracking: TrackingConfig
     faults: FaultsConfig
     run: RunConfig
+
+
+def run_dir(cfg: PretrainConfig) -> Path:
+    """The run folder ``run.output_dir/run.name`` (relative to the working directory unless absolute)."""
+    return Path(cfg.run.output_dir) / cfg.run.name
+
+
+def checkpoint_dir(cfg: PretrainConfig) -> Path:
+    """Where the checkpoints live: ``checkpoint.dir``, else ``<run dir>/checkpoints``."""
+    return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir(cfg) / "checkpoints"

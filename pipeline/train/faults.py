@@ -1,9 +1,10 @@
-"""Faults: stop signals (SIGTERM/SIGUSR1), non-finite losses agreed across ranks, injected NaNs for tests."""
+"""Faults: stop requests (SIGTERM/SIGUSR1 or in-process), non-finite losses agreed across ranks, injected NaNs for tests."""
 
 from __future__ import annotations
 
 import logging
 import signal
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -13,31 +14,73 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopRequest:
-    """Remembers that SIGTERM or SIGUSR1 arrived; the loop finishes its step, checkpoints and exits 0."""
+    """Why this rank was asked to stop (a stop signal, :func:`request_stop`, the time budget); None: keep going.
+
+    The loop then finishes its step, checkpoints and exits 0.
+    """
 
     def __init__(self) -> None:
-        self.signal: int | None = None
+        self.reason: str | None = None
         self._previous = {}
 
     def install(self) -> None:
-        """Catch the stop signals (main thread only)."""
+        """Catch the stop signals (main thread only) and take this process's in-process requests, earlier ones too."""
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        _in_process.listener = self  # listen first, then take a pending request: none can fall in between
+        pending, _in_process.pending = _in_process.pending, None
+        if pending is not None:
+            self.request(pending)
 
     def uninstall(self) -> None:
-        """Restore the previous handlers."""
+        """Restore the previous handlers and stop taking in-process requests."""
+        if _in_process.listener is self:
+            _in_process.listener = None
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
 
+    def request(self, reason: str) -> None:
+        """Stop after the current step; ``reason`` says why (the first one is kept)."""
+        log.warning("%s: finishing this step, then checkpoint and exit", reason)
+        if self.reason is None:
+            self.reason = reason
+
     def _handle(self, signum: int, _frame) -> None:
-        self.signal = signum
-        log.warning("received %s: finishing this step, then checkpoint and exit", signal.Signals(signum).name)
+        self.request(f"received {signal.Signals(signum).name}")
 
     @property
     def requested(self) -> bool:
-        """Whether a stop signal arrived on this rank."""
-        return self.signal is not None
+        """Whether this rank was asked to stop."""
+        return self.reason is not None
+
+
+@dataclass
+class _InProcessRequests:
+    """The trainer listening in this process, or a stop request made before it listened."""
+
+    listener: StopRequest | None = None
+    pending: str | None = None
+
+
+_in_process = _InProcessRequests()
+
+
+def request_stop(reason: str = "stop requested in-process") -> None:
+    """Ask the trainer in this process to stop as a stop signal would; kept until it listens if it does not yet.
+
+    Call it from the main thread (a signal handler runs there); it takes no lock.
+    """
+    listener = _in_process.listener
+    if listener is not None:
+        listener.request(reason)
+    else:
+        _in_process.pending = reason
+
+
+def withdraw_stop_request() -> None:
+    """Forget a request that no trainer has taken (so that a later trainer in this process is not stopped by it)."""
+    _in_process.pending = None
 
 
 class BadStepError(RuntimeError):
@@ -67,7 +110,7 @@ class BadStepGuard:
 
 
 def agree_across_ranks(loss: torch.Tensor, stop: StopRequest) -> tuple[bool, bool]:
-    """(skip, stop) decided by all ranks together: skip if the loss is non-finite anywhere, stop if any rank got a signal."""
+    """(skip, stop) decided by all ranks together: skip if the loss is non-finite anywhere, stop if any rank was asked to."""
     flags = torch.tensor(
         [0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0, 1.0 if stop.requested else 0.0],
         device=loss.device,

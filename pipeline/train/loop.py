@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from pipeline.logging_setup import setup_logging
 from pipeline.losses import SistaLoss
 from pipeline.models import build_model, build_tokenizer
 from pipeline.train import checkpoint as ckpt
-from pipeline.train.config import PretrainConfig
+from pipeline.train.config import PretrainConfig, checkpoint_dir, run_dir
 from pipeline.train.distributed import discover_env, init_distributed, prepare_accelerator_env, select_device
 from pipeline.train.engine import PRECISION_DTYPES, build_engine
 from pipeline.train.export import export_model
@@ -39,7 +38,7 @@ from pipeline.train.tracking import Tracker, ui_command
 
 log = logging.getLogger("sista.train")
 STEP_LOG = "steps.jsonl"
-BUDGET_STOP = 0  # StopRequest.signal value for "run.max_minutes reached" (no real signal is 0)
+BUDGET_STOP = "run.max_minutes reached"  # the StopRequest reason of a planned end
 
 
 def _to_device(batch: dict[str, Any], device: torch.device, image_dtype: torch.dtype, channels: int) -> dict[str, Any]:
@@ -95,8 +94,8 @@ class Trainer:
         init_distributed(self.env, self.device, cfg.faults.collective_timeout_s)
         self.rank, self.world = self.env.rank, self.env.world_size
         self.is_main = self.rank == 0
-        self.run_dir = Path(cfg.run.output_dir) / cfg.run.name
-        self.ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else self.run_dir / "checkpoints"
+        self.run_dir = run_dir(cfg)
+        self.ckpt_dir = checkpoint_dir(cfg)
         self.accum = cfg.optim.accumulation_steps
         self.global_batch = cfg.data.batch_size * self.world * self.accum
 
@@ -159,7 +158,7 @@ class Trainer:
 
     def _start(self) -> ckpt.TrainState:
         """Resume or start fresh; start MLflow; save the resolved configs."""
-        folder = ckpt.find_resume_point(self.ckpt_dir, self.cfg.checkpoint.resume)
+        folder = ckpt.resume_checkpoint(self.cfg)
         if folder is not None:
             state = ckpt.load_checkpoint(self.engine, folder, self.rank, self.world)
             log.info("resumed from %s: epoch %d, step %d, %d samples seen", folder, state.epoch, state.step,
@@ -291,10 +290,10 @@ class Trainer:
                         stopping = True
                         break
                 if stopping:
-                    budget = self.stop.signal == BUDGET_STOP  # a planned end: export like a finished run
+                    budget = self.stop.reason == BUDGET_STOP  # a planned end: export like a finished run
                     status = "FINISHED" if budget else "KILLED"
                     log.warning("stopped at step %d (%s); checkpoint saved, exiting 0", state.step,
-                                "run.max_minutes reached" if budget else "stop signal")
+                                self.stop.reason or "another rank was asked to stop")
                     break
             if last_saved != state.step:
                 ckpt.save_checkpoint(self.engine, self.ckpt_dir, state, self.rank, self.world,
@@ -317,5 +316,5 @@ class Trainer:
         """(skip, stop) across ranks, where running past ``run.max_minutes`` counts as a stop request."""
         if self._time_up(started) and not self.stop.requested:
             log.info("run.max_minutes=%s reached: stopping after this step", self.cfg.run.max_minutes)
-            self.stop.signal = BUDGET_STOP
+            self.stop.reason = BUDGET_STOP
         return self._agree(loss)

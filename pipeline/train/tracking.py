@@ -20,6 +20,18 @@ def tracking_uri(cfg: TrackingConfig, run_dir: Path) -> str:
     return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
 
 
+def ensure_experiment(cfg: TrackingConfig, run_dir: Path) -> str:
+    """The id of experiment ``tracking.experiment`` in the store; a new one keeps its artifacts in ``<run dir>/mlartifacts``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(cfg, run_dir))
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = (run_dir / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(cfg.experiment, artifact_location=artifacts)
+
+
 def ui_command(uri: str) -> str:
     """The command that opens the MLflow UI on this store."""
     return f"mlflow ui --backend-store-uri {uri}"
@@ -36,19 +48,14 @@ class Tracker:
         self._mlflow: Any = None
 
     def start(self, run_name: str, resume_run_id: str | None, config: Any) -> str | None:
-        """Start (or, with ``resume_run_id``, continue) the run; log the flattened config as params on a new run."""
+        """Continue ``resume_run_id``, else start ``tracking.run_id`` or a new run and log the flattened config as params."""
         if not self.active:
             return resume_run_id
         import mlflow
 
         self._mlflow = mlflow
         mlflow.set_tracking_uri(self.uri)
-        experiment = mlflow.get_experiment_by_name(self.cfg.experiment)
-        if experiment is None:
-            artifacts = (self.run_dir / "mlartifacts").resolve().as_uri()
-            experiment_id = mlflow.create_experiment(self.cfg.experiment, artifact_location=artifacts)
-        else:
-            experiment_id = experiment.experiment_id
+        experiment_id = ensure_experiment(self.cfg, self.run_dir)
         if resume_run_id is not None and mlflow.tracking.MlflowClient().search_runs(
             [experiment_id], f"attributes.run_id = '{resume_run_id}'"
         ):
@@ -56,8 +63,14 @@ class Tracker:
             log.info("continuing MLflow run %s", resume_run_id)
         else:
             if resume_run_id is not None:
-                log.warning("MLflow run %s is not in %s: starting a new run", resume_run_id, self.uri)
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+                log.warning("MLflow run %s is not in %s: starting %s", resume_run_id, self.uri,
+                            f"run {self.cfg.run_id}" if self.cfg.run_id else "a new run")
+            try:
+                run = mlflow.start_run(run_id=self.cfg.run_id, experiment_id=experiment_id, run_name=run_name)
+            except mlflow.exceptions.MlflowException as err:
+                if self.cfg.run_id is None:
+                    raise
+                raise ValueError(f"tracking.run_id={self.cfg.run_id}: no such run in {self.uri} ({err.message})") from err
             params = {k: str(v)[:MAX_PARAM_CHARS] for k, v in flatten(config).items()}
             items = sorted(params.items())
             for i in range(0, len(items), PARAMS_PER_CALL):

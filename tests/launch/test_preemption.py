@@ -8,16 +8,30 @@ import time
 
 import pytest
 
-from launch.preemption import TRAINER_STOP_SIGNAL, PreemptionRelay
+from launch.preemption import PreemptionRelay
+from pipeline.train.faults import STOP_SIGNALS, StopRequest, withdraw_stop_request
+
+
+class RecordingTrainer(StopRequest):
+    """The trainer's stop request, recording every request it gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[str] = []
+
+    def request(self, reason: str) -> None:
+        self.requests.append(reason)
+        super().request(reason)
 
 
 @pytest.fixture
 def restore_signals():
-    """Put back the handlers this test replaces."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2)}
+    """Put back the handlers this test replaces; drop a stop request no trainer took."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR2, *STOP_SIGNALS)}
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+    withdraw_stop_request()
 
 
 def _wait_for(predicate, seconds: float = 5.0) -> None:
@@ -28,15 +42,16 @@ def _wait_for(predicate, seconds: float = 5.0) -> None:
 
 def test_relay_stops_trainer_then_hands_signal_to_submitit(restore_signals) -> None:
     submitit_calls: list[int] = []
-    trainer_stops: list[int] = []
+    trainer = RecordingTrainer()
     signal.signal(signal.SIGUSR2, lambda signum, frame: submitit_calls.append(signum))  # submitit's handler
     with PreemptionRelay() as relay:
         assert relay.signal == signal.SIGUSR2
-        signal.signal(TRAINER_STOP_SIGNAL, lambda signum, frame: trainer_stops.append(signum))  # the trainer's
+        trainer.install()  # the trainer listens
         os.kill(os.getpid(), signal.SIGUSR2)  # SLURM's --signal
-        _wait_for(lambda: trainer_stops)
-        assert trainer_stops == [TRAINER_STOP_SIGNAL] and submitit_calls == []
-    assert relay.preempted
+        _wait_for(lambda: trainer.requests)
+        trainer.uninstall()
+        assert len(trainer.requests) == 1 and "SIGUSR2" in trainer.requests[0] and submitit_calls == []
+    assert relay.preempted and trainer.requested
     relay.hand_over()
     assert submitit_calls == [signal.SIGUSR2]
     assert signal.getsignal(signal.SIGUSR2) is not relay._relay
@@ -52,14 +67,23 @@ def test_no_signal_no_hand_over(restore_signals) -> None:
 
 
 def test_signal_before_trainer_listens_is_delivered_once_it_does(restore_signals) -> None:
-    trainer_stops: list[int] = []
-    signal.signal(TRAINER_STOP_SIGNAL, signal.SIG_DFL)  # default action of SIGUSR1 would terminate us
+    trainer = RecordingTrainer()
     signal.signal(signal.SIGUSR2, lambda signum, frame: None)
     with PreemptionRelay() as relay:
         os.kill(os.getpid(), signal.SIGUSR2)
         _wait_for(lambda: relay.preempted)
-        time.sleep(0.3)
-        assert relay.preempted and trainer_stops == []
-        signal.signal(TRAINER_STOP_SIGNAL, lambda signum, frame: trainer_stops.append(signum))  # trainer starts
-        _wait_for(lambda: trainer_stops)
-    assert trainer_stops == [TRAINER_STOP_SIGNAL]
+        assert relay.preempted and trainer.requests == []
+        trainer.install()  # the trainer starts: the waiting request reaches it at once
+        trainer.uninstall()
+    assert len(trainer.requests) == 1 and "SIGUSR2" in trainer.requests[0]
+
+
+def test_request_no_trainer_took_is_dropped_when_the_relay_ends(restore_signals) -> None:
+    signal.signal(signal.SIGUSR2, lambda signum, frame: None)
+    with PreemptionRelay() as relay:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        _wait_for(lambda: relay.preempted)
+    later = RecordingTrainer()
+    later.install()  # a later trainer in this process (the one before never started)
+    later.uninstall()
+    assert relay.preempted and later.requests == [] and not later.requested

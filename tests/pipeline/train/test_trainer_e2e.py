@@ -47,6 +47,10 @@ def test_zero2_two_ranks_nan_skip_mlflow_export(train_manifest, tmp_path):
 
     model = load_exported(run_dir / "export")
     assert model.logit_scales()["sia"].ndim == 0
+    from pipeline.train.checkpoint import describe
+
+    info = describe(run_dir / "checkpoints" / "step000000009")
+    assert (info.step, info.world_size, info.mlflow_run_id) == (9, 2, runs[0][0])
 
 
 def test_zero3_accumulation_sigterm_on_one_rank(train_manifest, tmp_path):

@@ -12,8 +12,17 @@ from train_helpers import REPO, TINY, tiny_overrides
 
 from pipeline.config import load_config
 from pipeline.data import ShardError
-from pipeline.train.checkpoint import COMPLETE, complete_checkpoints, find_resume_point, prune, tag_for
-from pipeline.train.config import PretrainConfig
+from pipeline.train.checkpoint import (
+    COMPLETE,
+    complete_checkpoints,
+    describe,
+    find_resume_point,
+    prune,
+    rank_state_file,
+    resume_checkpoint,
+    tag_for,
+)
+from pipeline.train.config import PretrainConfig, checkpoint_dir, run_dir
 from pipeline.train.distributed import discover_env, first_slurm_host
 from pipeline.train.engine import (
     compile_encoders,
@@ -22,7 +31,7 @@ from pipeline.train.engine import (
     parameter_groups,
     vectorise_scalar_parameters,
 )
-from pipeline.train.faults import BadStepError, BadStepGuard
+from pipeline.train.faults import BadStepError, BadStepGuard, StopRequest, request_stop, withdraw_stop_request
 
 
 def test_env_discovery_for_each_launcher():
@@ -81,6 +90,89 @@ def test_resume_point_ignores_incomplete_and_prune_keeps_last(tmp_path):
     prune(tmp_path, keep_last=2)
     assert [p.name for p in complete_checkpoints(tmp_path)] == [tag_for(4), tag_for(6)]
     assert (tmp_path / tag_for(8)).is_dir()  # newer than the newest complete: may still be being written
+
+
+def test_run_and_checkpoint_folders_and_checkpoint_description(tmp_path):
+    """run.output_dir/run.name, checkpoint.dir else <run dir>/checkpoints; describe() reads a checkpoint's files."""
+    over = ["data.manifest=x", f"run.output_dir={tmp_path}", "run.name=r1", "checkpoint.resume=latest"]
+    cfg = load_config(PretrainConfig, TINY, over)
+    assert run_dir(cfg) == tmp_path / "r1" and checkpoint_dir(cfg) == tmp_path / "r1" / "checkpoints"
+    assert checkpoint_dir(load_config(PretrainConfig, TINY, [*over, f"checkpoint.dir={tmp_path}/c"])) == tmp_path / "c"
+    assert resume_checkpoint(cfg) is None
+    folder = checkpoint_dir(cfg) / tag_for(12)
+    folder.mkdir(parents=True)
+    rank_state_file(folder, 0).write_text(json.dumps({"state": {"step": 12, "mlflow_run_id": "abc"}}))
+    (folder / COMPLETE).write_text(json.dumps({"step": 12, "epoch": 3, "world_size": 4, "time": 0.0}))
+    assert resume_checkpoint(cfg) == folder
+    assert resume_checkpoint(load_config(PretrainConfig, TINY, [*over, "checkpoint.resume=null"])) is None
+    info = describe(folder)
+    assert (info.folder, info.step, info.epoch, info.world_size, info.mlflow_run_id) == (folder, 12, 3, 4, "abc")
+
+
+@pytest.fixture
+def stop_request():
+    """A trainer's stop request, uninstalled (signal handlers restored) and any waiting request dropped after."""
+    stop = StopRequest()
+    yield stop
+    stop.uninstall()
+    withdraw_stop_request()
+
+
+def test_stop_signal_and_in_process_request(stop_request):
+    """SIGUSR1 stops the trainer; so does request_stop(), also when made before the trainer listens."""
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGUSR1)
+    stop_request.install()
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert stop_request.reason == "received SIGUSR1"
+    stop_request.uninstall()
+    assert signal.getsignal(signal.SIGUSR1) == before
+    request_stop("not taken")
+    withdraw_stop_request()
+    request_stop("early")  # before the next trainer listens
+    second = StopRequest()
+    second.install()
+    try:
+        assert second.reason == "early"
+        request_stop("again")
+        assert second.reason == "early"  # the first reason is kept
+    finally:
+        second.uninstall()
+    third = StopRequest()
+    third.install()
+    try:
+        assert not third.requested  # taken requests are gone, withdrawn ones never came
+        request_stop("now")
+        assert third.reason == "now"
+    finally:
+        third.uninstall()
+
+
+def test_tracker_logs_into_tracking_run_id(tmp_path):
+    """ensure_experiment creates the experiment once (artifacts in the run dir); tracking.run_id is attached to."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.train.tracking import Tracker, ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(PretrainConfig, TINY, ["data.manifest=x", f"tracking.uri={uri}", "tracking.enabled=true"])
+    folder = tmp_path / "run"
+    experiment_id = ensure_experiment(cfg.tracking, folder)
+    assert ensure_experiment(cfg.tracking, folder) == experiment_id
+    client = MlflowClient(uri)
+    assert client.get_experiment(experiment_id).artifact_location == (folder / "mlartifacts").resolve().as_uri()
+    scheduled = client.create_run(experiment_id, run_name="r").info.run_id
+    cfg.tracking.run_id = scheduled
+    tracker = Tracker(cfg.tracking, folder, is_main=True)
+    assert tracker.start("r", None, cfg) == scheduled
+    tracker.end()
+    run = client.get_run(scheduled)
+    assert run.info.status == "FINISHED" and run.data.params["tracking.run_id"] == scheduled
+    cfg.tracking.run_id = "0" * 32
+    with pytest.raises(ValueError, match=f"tracking.run_id={'0' * 32}: no such run"):
+        Tracker(cfg.tracking, folder, is_main=True).start("r", None, cfg)
 
 
 def test_bad_step_guard_aborts_after_k_in_a_row():
