@@ -1,6 +1,7 @@
 """Sharding throughput on MIMIC-sized phantom films vs the decode-bound limit, measured in one run.
 
-    python bench/shard_throughput.py [--studies 4] [--copies 2] [--image-size 512] [--workdir DIR]
+    python bench/shard_throughput.py [--studies 4] [--copies 2] [--image-size 512] [--repeats 3]
+        [--encodings uncompressed,jpeg2000] [--workdir DIR]
 
 Phantom studies are generated at MIMIC-CXR's real film sizes (2500-3000 px a side, 12-16 bits) and
 every film is written twice: uncompressed (Explicit VR Little Endian) and JPEG 2000 lossless. For each
@@ -11,8 +12,12 @@ encoding the script measures, on the same machine in the same run:
 * ours, 1 worker and 2 workers: the full sharder (CSV join, report parsing, LUT/window, resize, PNG,
   tar, checksums, manifest).
 
-It prints wall-clock images/s and CPU seconds per image (all processes; robust to other jobs on a
-shared machine), the per-worker fraction of the limit, the 2-worker speedup and CPU efficiency, and a
+The three measurements are interleaved ``--repeats`` times and each is reported at its best round
+(least CPU per image, most images/s): other jobs on a shared machine only ever add time, and
+interleaving exposes all three to the same load. It prints wall-clock images/s and CPU seconds per
+image (all processes; far less sensitive to other jobs than wall time), the per-worker fraction of
+the limit (target >= 0.8) in every round, the 2-worker speedup (target >= 1.8x; wall-clock, and the
+speedup implied by the CPU cost, which is what two free cores would give), the load average, and a
 projection for the full MIMIC-CXR (377,110 images) on a 64-core node.
 """
 
@@ -48,6 +53,10 @@ REPO = Path(__file__).resolve().parents[1]
 MIMIC_IMAGES = 377_110
 NODE_CORES = 64
 ENCODINGS = {"uncompressed": ExplicitVRLittleEndian, "jpeg2000": JPEG2000Lossless}
+
+
+TARGET_FRACTION = 0.8
+TARGET_SPEEDUP = 1.8
 
 
 @dataclass(frozen=True)
@@ -139,14 +148,54 @@ def sharder_rate(root: Path, out: Path, size: int, workers: int, n: int) -> Rate
     return Rate(manifest["splits"]["train"]["num_samples"], time.perf_counter() - wall, _cpu_seconds() - cpu)
 
 
+def best(rates: list[Rate]) -> Rate:
+    """The least disturbed of several rounds of one measurement (least CPU per image, shortest wall)."""
+    return Rate(rates[0].images, min(r.wall for r in rates), min(r.cpu for r in rates))
+
+
+def measure(root: Path, films: list[Path], work: Path, size: int, repeats: int) -> dict[str, list[Rate]]:
+    """Limit, 1-worker and 2-worker rates, interleaved ``repeats`` times."""
+    rounds: dict[str, list[Rate]] = {"limit": [], "one": [], "two": []}
+    for k in range(repeats):
+        rounds["limit"].append(decode_bound_rate(films, size))
+        rounds["one"].append(sharder_rate(root, work / f"out1_{k}", size, 1, len(films)))
+        rounds["two"].append(sharder_rate(root, work / f"out2_{k}", size, 2, len(films)))
+        for out in (work / f"out1_{k}", work / f"out2_{k}"):
+            shutil.rmtree(out)
+    return rounds
+
+
+def report(rounds: dict[str, list[Rate]], loads: tuple[float, float]) -> tuple[Rate, Rate]:
+    """Print one encoding's table and ratios; return the best 1-worker and 2-worker rates."""
+    limit, one, two = best(rounds["limit"]), best(rounds["one"]), best(rounds["two"])
+    print(f"  {'(best of ' + str(len(rounds['one'])) + ' interleaved rounds)':34s} {'images/s (wall)':>16s} {'CPU s/image':>12s}")
+    for label, rate in (("decode-bound limit (1 process)", limit), ("sharder, 1 worker", one), ("sharder, 2 workers", two)):
+        print(f"  {label:34s} {rate.per_second:16.2f} {rate.cpu_per_image:12.3f}")
+    per_round = ", ".join(f"{lim.cpu_per_image / o.cpu_per_image:.2f}" for lim, o in zip(rounds["limit"], rounds["one"]))
+    fraction = limit.cpu_per_image / one.cpu_per_image
+    print(f"  per-worker fraction of the limit (target >= {TARGET_FRACTION}): CPU {fraction:.2f} "
+          f"[{'met' if fraction >= TARGET_FRACTION else 'NOT met'}; rounds {per_round}], wall {one.per_second / limit.per_second:.2f}")
+    implied = 2 * one.cpu_per_image / two.cpu_per_image
+    print(f"  2-worker speedup (target >= {TARGET_SPEEDUP}x): wall {two.per_second / one.per_second:.2f}x, "
+          f"implied by CPU cost {implied:.2f}x (CPU efficiency {implied / 2:.2f}) "
+          f"[{'met' if implied >= TARGET_SPEEDUP else 'NOT met'} by CPU cost; wall needs 2 idle cores: "
+          f"load average {loads[0]:.1f} -> {loads[1]:.1f} on {os.cpu_count()} cores]")
+    return one, two
+
+
 def main() -> None:
     """Generate, measure, print."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--studies", type=int, default=4, help="phantom studies (about 2 films each)")
     parser.add_argument("--copies", type=int, default=2, help="copies of each film per encoding")
     parser.add_argument("--image-size", type=int, default=512, help="short side written by the sharder")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the three measurements")
+    parser.add_argument("--encodings", default=",".join(ENCODINGS), help=f"comma-separated subset of {','.join(ENCODINGS)}")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp folder)")
     args = parser.parse_args()
+    encodings = [e.strip() for e in args.encodings.split(",") if e.strip()]
+    if unknown := sorted(set(encodings) - set(ENCODINGS)):
+        parser.error(f"unknown encoding(s) {unknown}; choose from {list(ENCODINGS)}")
     os.environ.setdefault("CI", "1")  # no progress bars in the benchmark output
     work = Path(args.workdir or tempfile.mkdtemp(prefix="shard_bench_"))
     started = time.perf_counter()
@@ -154,26 +203,17 @@ def main() -> None:
                             split_fractions=(1.0, 0.0, 0.0))
     print(f"phantom films generated in {time.perf_counter() - started:.0f} s; cpu cores visible: {os.cpu_count()}")
     results = {}
-    for name, syntax in ENCODINGS.items():
-        films = build_encoded_copy(phantom, work / name, syntax, args.copies)
+    for name in encodings:
+        films = build_encoded_copy(phantom, work / name, ENCODINGS[name], args.copies)
         shapes = [pydicom.dcmread(f, stop_before_pixels=True) for f in films[:: args.copies]]
-        limit = decode_bound_rate(films, args.image_size)
-        one = sharder_rate(work / name, work / f"{name}_out1", args.image_size, 1, len(films))
-        two = sharder_rate(work / name, work / f"{name}_out2", args.image_size, 2, len(films))
-        results[name] = (limit, one, two)
         sizes = sorted({f"{d.Rows}x{d.Columns}/{d.BitsStored}b" for d in shapes})
         print(f"\n[{name}] {len(films)} films: {', '.join(sizes)}")
-        print(f"  {'':34s} {'images/s (wall)':>16s} {'CPU s/image':>12s}")
-        for label, rate in (("decode-bound limit (1 process)", limit), ("sharder, 1 worker", one), ("sharder, 2 workers", two)):
-            print(f"  {label:34s} {rate.per_second:16.2f} {rate.cpu_per_image:12.3f}")
-        print(f"  per-worker fraction of the limit: wall {one.per_second / limit.per_second:.2f}, "
-              f"CPU {limit.cpu_per_image / one.cpu_per_image:.2f}")
-        print(f"  2-worker speedup: wall {two.per_second / one.per_second:.2f}x; "
-              f"CPU efficiency {one.cpu_per_image / two.cpu_per_image:.2f} (1.00: no parallel overhead)")
-    print(f"\nload average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs share them)")
-    print(f"projection for MIMIC-CXR ({MIMIC_IMAGES:,} images) on a {NODE_CORES}-core node, "
-          f"{NODE_CORES} workers at the measured CPU cost per image:")
-    for name, (_, one, two) in results.items():
+        load_before = os.getloadavg()[0]
+        rounds = measure(work / name, films, work, args.image_size, args.repeats)
+        results[name] = report(rounds, (load_before, os.getloadavg()[0]))
+    print(f"\nprojection for MIMIC-CXR ({MIMIC_IMAGES:,} images) on a {NODE_CORES}-core node, "
+          f"{NODE_CORES} workers at the measured CPU cost per image (the larger of 1 and 2 workers):")
+    for name, (one, two) in results.items():
         rate = NODE_CORES / max(one.cpu_per_image, two.cpu_per_image)
         print(f"  {name:13s} {rate:8.1f} images/s -> {MIMIC_IMAGES / rate / 3600:5.2f} h")
     print(f"(total benchmark time {time.perf_counter() - started:.0f} s; scratch in {work})")

@@ -116,7 +116,7 @@ def _weighted_percentiles(values: np.ndarray, counts: np.ndarray, q: tuple[float
     return out[0], out[1]
 
 
-def stored_histogram(stored: np.ndarray, offset: int, size: int, rows_per_chunk: int = 64) -> np.ndarray:
+def stored_histogram(stored: np.ndarray, offset: int, size: int, rows_per_chunk: int = 256) -> np.ndarray:
     """Counts of each stored value (+ offset), in row chunks (no full-size index array)."""
     counts = np.zeros(size, dtype=np.int64)
     for start in range(0, stored.shape[0], rows_per_chunk):
@@ -183,10 +183,15 @@ def display_lut(ds: Dataset, stored: np.ndarray, window: WindowSettings) -> tupl
 
 def apply_lut(lut: np.ndarray, stored: np.ndarray, offset: int, rows_per_chunk: int = 64) -> np.ndarray:
     """``lut[stored + offset]`` computed in row chunks (no full-size index array; ~2x faster on 8 MP films)."""
+    info = np.iinfo(stored.dtype)
+    # When every value of the dtype indexes the table, no index can be out of range and "wrap" is exact; it
+    # skips the bounds check and the buffered copy of ``out`` that np.take makes in its default "raise" mode
+    # (~25% of the lookup on a 2500 x 3000 film). Otherwise keep "raise", so a bad index is an error.
+    mode = "wrap" if info.min + offset >= 0 and info.max + offset < lut.size else "raise"
     out = np.empty(stored.shape, dtype=lut.dtype)
     for start in range(0, stored.shape[0], rows_per_chunk):
         chunk = stored[start : start + rows_per_chunk]
-        np.take(lut, chunk.astype(np.int32) + offset if offset else chunk, out=out[start : start + rows_per_chunk])
+        np.take(lut, chunk.astype(np.int32) + offset if offset else chunk, out=out[start : start + rows_per_chunk], mode=mode)
     return out
 
 

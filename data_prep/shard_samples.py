@@ -21,6 +21,8 @@ from PIL import Image
 
 from data_prep.dicom_pixels import DicomReadError, WindowSettings, dicom_to_image, quantize, resize_short_side
 from data_prep.mimic_metadata import CHEXPERT_LABELS, Candidate, Skip
+from data_prep.png_writer import WRITER_VERSION as PNG_WRITER_VERSION
+from data_prep.png_writer import grayscale_png
 from data_prep.report_embedding import ReportEncoder, npy_bytes
 from data_prep.reports import count_words, extract_sections, training_text
 from data_prep.shard_writer import remove_leftovers, state_path, write_json_atomic, write_tar
@@ -126,12 +128,10 @@ def load_jpg_image(path: Path, size: int, bits: int) -> tuple[np.ndarray, dict[s
 
 def encode_image(image: np.ndarray, extension: str, jpg_quality: int, png_compress_level: int) -> bytes:
     """PNG (8 or 16-bit grayscale, zlib level ``png_compress_level``) or JPEG bytes of a 2-D image."""
-    buf = io.BytesIO()
-    pil = Image.fromarray(image)
     if extension == "png":
-        pil.save(buf, format="PNG", compress_level=png_compress_level)
-    else:
-        pil.save(buf, format="JPEG", quality=jpg_quality)
+        return grayscale_png(image, png_compress_level)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=jpg_quality)
     return buf.getvalue()
 
 
@@ -169,8 +169,9 @@ def build_sample(candidate: Candidate, settings: SampleSettings) -> tuple[list[t
 
 
 def job_fingerprint(job: ShardJob, settings: SampleSettings) -> str:
-    """sha256 of everything that shapes a shard's bytes: the settings and the candidates (ids, paths, labels)."""
-    payload = {"settings": asdict(settings), "candidates": [asdict(c) for c in job.candidates]}
+    """sha256 of everything that shapes a shard's bytes: settings, candidates (ids, paths, labels), PNG writer."""
+    payload = {"settings": asdict(settings), "candidates": [asdict(c) for c in job.candidates],
+               "png_writer": PNG_WRITER_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 

@@ -163,3 +163,10 @@ def test_chunked_lookup_equals_fancy_indexing(dtype: type, offset: int) -> None:
     stored = rng.integers(info.min, info.max, size=(131, 77), endpoint=True).astype(dtype)
     lut = rng.random(65536).astype(np.float32)
     np.testing.assert_array_equal(apply_lut(lut, stored, offset, rows_per_chunk=10), lut[stored.astype(np.int64) + offset])
+
+
+def test_lookup_out_of_table_is_an_error() -> None:
+    """A table shorter than the dtype's range keeps bounds checking: a value past its end raises, never wraps."""
+    stored = np.array([[0, 255], [256, 3]], dtype=np.uint16)
+    with pytest.raises(IndexError):
+        apply_lut(np.linspace(0, 1, 256, dtype=np.float32), stored, 0)
