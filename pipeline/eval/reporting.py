@@ -14,7 +14,6 @@ from pipeline.eval.config import EvalConfig
 from pipeline.eval.context import TaskResult, training_config
 
 log = logging.getLogger(__name__)
-TRAINER_STATE = "trainer_rank00000.json"
 _MLFLOW_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
 MAX_PARAM_CHARS = 6000
 
@@ -65,15 +64,12 @@ def numeric_leaves(tree: Any, prefix: str = "") -> dict[str, float]:
 
 def pretrain_run_id(checkpoint: Path) -> str | None:
     """The MLflow run of the training run that exported ``checkpoint`` (from its newest complete checkpoint)."""
-    from pipeline.train.checkpoint import find_resume_point
+    from pipeline.train.checkpoint import describe, find_resume_point
 
     run_dir = checkpoint.resolve().parent
     ckpt_dir = ((training_config(checkpoint) or {}).get("checkpoint") or {}).get("dir") or run_dir / "checkpoints"
     folder = find_resume_point(Path(ckpt_dir), "latest") if Path(ckpt_dir).is_dir() else None
-    state = None if folder is None else folder / TRAINER_STATE
-    if state is None or not state.is_file():
-        return None
-    return json.loads(state.read_text(encoding="utf-8"))["state"].get("mlflow_run_id")
+    return None if folder is None else describe(folder).mlflow_run_id
 
 
 def tracking_uri(cfg: EvalConfig, checkpoint: Path, out_dir: Path) -> str:
