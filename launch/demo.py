@@ -108,12 +108,10 @@ def train(out: Path, manifest: Path, nproc: int, extra: list[str]) -> tuple[list
 
 def mlflow_run_id(run_dir: Path) -> str | None:
     """The MLflow run id recorded in the newest complete checkpoint."""
-    from pipeline.train.checkpoint import find_resume_point
+    from pipeline.train.checkpoint import describe, find_resume_point
 
     folder = find_resume_point(run_dir / "checkpoints", "latest")
-    if folder is None:
-        return None
-    return json.loads((folder / "trainer_rank00000.json").read_text())["state"]["mlflow_run_id"]
+    return None if folder is None else describe(folder).mlflow_run_id
 
 
 def main(argv: list[str] | None = None) -> int:
