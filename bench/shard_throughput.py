@@ -173,7 +173,7 @@ def report(rounds: dict[str, list[Rate]], loads: tuple[float, float]) -> tuple[R
         print(f"  {label:34s} {rate.per_second:16.2f} {rate.cpu_per_image:12.3f}")
     per_round = ", ".join(f"{lim.cpu_per_image / o.cpu_per_image:.2f}" for lim, o in zip(rounds["limit"], rounds["one"]))
     fraction = limit.cpu_per_image / one.cpu_per_image
-    print(f"  per-worker fraction of the limit (target >= {TARGET_FRACTION}): CPU {fraction:.2f} "
+    print(f"  per-worker fraction of the limit (target >= {TARGET_FRACTION}): CPU {fraction:.3f} "
           f"[{'met' if fraction >= TARGET_FRACTION else 'NOT met'}; rounds {per_round}], wall {one.per_second / limit.per_second:.2f}")
     implied = 2 * one.cpu_per_image / two.cpu_per_image
     print(f"  2-worker speedup (target >= {TARGET_SPEEDUP}x): wall {two.per_second / one.per_second:.2f}x, "
