@@ -6,6 +6,7 @@ any key. Defaults live in the YAML files, not here.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 from collections.abc import Sequence
@@ -98,6 +99,16 @@ def parse_time_minutes(text: str | int) -> int:
                 break
             return minutes
     raise ValueError(f"time {text!r} is not a SLURM time limit (M, M:S, H:M:S, D-H, D-H:M or D-H:M:S), >= 1 minute")
+
+
+def parse_job_args(argv: list[str] | None, description: str, job_config_help: str, dry_run_help: str) -> argparse.Namespace:
+    """The command line every SLURM launcher takes: job config, SLURM config, dry run, ``[slurm.]key=value``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help=job_config_help)
+    parser.add_argument("--slurm", required=True, help="SLURM YAML (configs/slurm/*.yaml)")
+    parser.add_argument("--dry-run", action="store_true", help=dry_run_help)
+    parser.add_argument("overrides", nargs="*", metavar="key=value | slurm.key=value", help="config overrides")
+    return parser.parse_args(argv)
 
 
 def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:

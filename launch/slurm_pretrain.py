@@ -12,7 +12,6 @@ attempt logs into the same MLflow run and records its SLURM job id there.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -27,7 +26,12 @@ import submitit  # noqa: E402
 
 from launch import pretrain_run  # noqa: E402
 from launch.preemption import PreemptionRelay  # noqa: E402
-from launch.slurm_config import SlurmConfig, load_slurm_config, split_overrides  # noqa: E402
+from launch.slurm_config import (  # noqa: E402
+    SlurmConfig,
+    load_slurm_config,
+    parse_job_args,
+    split_overrides,
+)
 from launch.slurm_submit import log_paths, make_executor, render_sbatch  # noqa: E402
 from launch.task_env import current_task_env, export_task_env  # noqa: E402
 from pipeline.config import ConfigError, to_yaml  # noqa: E402
@@ -116,20 +120,10 @@ def submit(job: PretrainJob, workdir: Path) -> submitit.Job:
     return executor.submit(job)
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command line: training config and overrides, SLURM config, dry run."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="training YAML (configs/pretrain/*.yaml)")
-    parser.add_argument("--slurm", required=True, help="SLURM YAML (configs/slurm/*.yaml)")
-    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script and configs; submit nothing")
-    parser.add_argument("overrides", nargs="*", metavar="key=value | slurm.key=value", help="config overrides")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Resolve both configs, then print (``--dry-run``) or submit the pre-training job."""
     setup_logging()
-    args = _parse_args(argv)
+    args = parse_job_args(argv, __doc__.split("\n\n")[0], "training YAML (configs/pretrain/*.yaml)", "print the sbatch script and configs; submit nothing")
     train_overrides, slurm_overrides = split_overrides(args.overrides)
     workdir = Path.cwd()
     try:

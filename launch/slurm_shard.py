@@ -13,7 +13,6 @@ single-process run with the same arguments.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import sys
@@ -26,7 +25,12 @@ if __package__ in (None, ""):  # run as `python launch/slurm_shard.py`: make the
 import submitit  # noqa: E402
 
 from data_prep.shard_config import ShardConfig  # noqa: E402
-from launch.slurm_config import SlurmConfig, load_slurm_config, split_overrides  # noqa: E402
+from launch.slurm_config import (  # noqa: E402
+    SlurmConfig,
+    load_slurm_config,
+    parse_job_args,
+    split_overrides,
+)
 from launch.slurm_submit import log_paths, make_executor, render_sbatch  # noqa: E402
 from pipeline.config import ConfigError, load_config, to_yaml  # noqa: E402
 from pipeline.logging_setup import setup_logging  # noqa: E402
@@ -101,20 +105,10 @@ def submit_shard_array(
     return array, merge
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command line: sharding config and overrides, SLURM config, dry run."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="sharding YAML (configs/data/*.yaml)")
-    parser.add_argument("--slurm", required=True, help="SLURM YAML (configs/slurm/*.yaml)")
-    parser.add_argument("--dry-run", action="store_true", help="print the sbatch scripts and configs; submit nothing")
-    parser.add_argument("overrides", nargs="*", metavar="key=value | slurm.key=value", help="config overrides")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Resolve both configs, then print (``--dry-run``) or submit the array and its merge job."""
     setup_logging()
-    args = _parse_args(argv)
+    args = parse_job_args(argv, __doc__.split("\n\n")[0], "sharding YAML (configs/data/*.yaml)", "print the sbatch scripts and configs; submit nothing")
     shard_overrides, slurm_overrides = split_overrides(args.overrides)
     workdir = Path.cwd()
     try:
