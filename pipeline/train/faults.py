@@ -109,15 +109,27 @@ class BadStepGuard:
             )
 
 
+BUDGET_STOP = "run.max_minutes reached"  # the StopRequest reason of a planned end (exported like a finished run)
+OTHER_RANK_STOP = "another rank was asked to stop"
+
+
 def agree_across_ranks(loss: torch.Tensor, stop: StopRequest) -> tuple[bool, bool]:
-    """(skip, stop) decided by all ranks together: skip if the loss is non-finite anywhere, stop if any rank was asked to."""
-    flags = torch.tensor(
-        [0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0, 1.0 if stop.requested else 0.0],
-        device=loss.device,
-    )
+    """(skip, stop) decided by all ranks together: skip if the loss is non-finite anywhere, stop if any rank was asked to.
+
+    The kind of stop is agreed too, since it decides whether every rank joins the export collective:
+    a planned end (``BUDGET_STOP``) only when no rank got a signal or request; afterwards every rank's
+    ``stop.reason`` is ``BUDGET_STOP`` exactly when that is the agreed kind.
+    """
+    kind = 0.0 if not stop.requested else (1.0 if stop.reason == BUDGET_STOP else 2.0)
+    flags = torch.tensor([0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0, kind], device=loss.device)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    return bool(flags[0] > 0), bool(flags[1] > 0)
+    agreed = int(flags[1].item())
+    if agreed == 1:
+        stop.reason = BUDGET_STOP
+    elif agreed == 2 and stop.reason in (None, BUDGET_STOP):
+        stop.reason = OTHER_RANK_STOP
+    return bool(flags[0] > 0), agreed > 0
 
 
 def inject_nan(terms_loss: torch.Tensor, step: int, rank: int, steps: list[int], on_rank: int) -> torch.Tensor:

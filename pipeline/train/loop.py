@@ -31,14 +31,13 @@ from pipeline.train.config import PretrainConfig, checkpoint_dir, run_dir
 from pipeline.train.distributed import discover_env, init_distributed, prepare_accelerator_env, select_device
 from pipeline.train.engine import PRECISION_DTYPES, build_engine
 from pipeline.train.export import export_model
-from pipeline.train.faults import BadStepGuard, StopRequest, agree_across_ranks, inject_nan
+from pipeline.train.faults import BUDGET_STOP, BadStepGuard, StopRequest, agree_across_ranks, inject_nan
 from pipeline.train.sources import resolve_model_sources
 from pipeline.train.step import contrastive_step
 from pipeline.train.tracking import Tracker, ui_command
 
 log = logging.getLogger("sista.train")
 STEP_LOG = "steps.jsonl"
-BUDGET_STOP = "run.max_minutes reached"  # the StopRequest reason of a planned end
 
 
 def _to_device(batch: dict[str, Any], device: torch.device, image_dtype: torch.dtype, channels: int) -> dict[str, Any]:
@@ -293,7 +292,7 @@ class Trainer:
                     budget = self.stop.reason == BUDGET_STOP  # a planned end: export like a finished run
                     status = "FINISHED" if budget else "KILLED"
                     log.warning("stopped at step %d (%s); checkpoint saved, exiting 0", state.step,
-                                self.stop.reason or "another rank was asked to stop")
+                                self.stop.reason)
                     break
             if last_saved != state.step:
                 ckpt.save_checkpoint(self.engine, self.ckpt_dir, state, self.rank, self.world,
