@@ -11,6 +11,8 @@ and then quantised to the output bit depth. Every step is recorded in a ``transf
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,10 @@ from pydicom.pixels.processing import apply_modality_lut, apply_voi
 
 RESIZE_FILTER = "lanczos"
 _MAX_LUT_BITS = 16
+# glibc mallopt parameters (malloc.h) and the values tune_allocator sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_BYTES = 512 << 20
+_TRIM_THRESHOLD_BYTES = 1 << 30
 
 
 class DicomReadError(ValueError):
@@ -41,6 +47,26 @@ class WindowSettings:
     use_file_voi: bool
     percentile_low: float
     percentile_high: float
+
+
+def tune_allocator() -> bool:
+    """Keep a film's large buffers on the heap for reuse (glibc only); True when the setting took.
+
+    An 8 MP film passes through ~10 arrays of 15-60 MB (stored values, display values, resize
+    copies). glibc serves blocks that large with a fresh ``mmap`` and unmaps them on ``free``, so
+    every film page-faults its ~100 MB in again (~14,000 faults, ~35 ms of kernel time per film,
+    more than the LUT and PNG together). Raising the mmap and trim thresholds lets each process
+    reuse one warm heap. It costs memory only up to the process's peak (a few hundred MB).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
+        )
+    except (OSError, AttributeError):  # not glibc (musl, ...): keep the defaults
+        return False
 
 
 def read_dicom(path: str | Path, header_only: bool = False) -> Dataset:

@@ -34,6 +34,7 @@ class ShardConfig:
     image_format: Literal["png", "jpg", "png16"]
     jpg_quality: int
     png_compress_level: int
+    png_zlib_strategy: Literal["default", "filtered", "huffman_only", "rle"]
     shard_size: int
     workers: int
     views: list[str]

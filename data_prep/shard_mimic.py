@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as `python data_prep/shard_mimic.py`
 
 from tqdm import tqdm  # noqa: E402
 
-from data_prep.dicom_pixels import WindowSettings  # noqa: E402
+from data_prep.dicom_pixels import WindowSettings, tune_allocator  # noqa: E402
 from data_prep.mimic_metadata import CHEXPERT_LABELS, list_candidates  # noqa: E402
 from data_prep.shard_config import ShardConfig, WindowConfig  # noqa: E402
 from data_prep.shard_manifest import (  # noqa: E402
@@ -75,6 +75,7 @@ def _settings(cfg: ShardConfig) -> SampleSettings:
         image_extension=cfg.image_extension,
         jpg_quality=cfg.jpg_quality,
         png_compress_level=cfg.png_compress_level,
+        png_zlib_strategy=cfg.png_zlib_strategy,
         window=WindowSettings(cfg.window.use_file_voi, cfg.window.percentile_low, cfg.window.percentile_high),
         text_sections=tuple(cfg.text_sections),
         use_fallback=cfg.use_fallback,
@@ -126,9 +127,10 @@ _COUNTER: Any = None
 
 
 def _init_worker(counter: Any) -> None:
-    """Worker start-up: die with the parent (SIGKILL included), share the progress counter."""
+    """Worker start-up: die with the parent (SIGKILL included), share the progress counter, reuse a warm heap."""
     global _COUNTER
     _COUNTER = counter
+    tune_allocator()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
@@ -160,6 +162,7 @@ def _execute(jobs: list[ShardJob], settings: SampleSettings, out_dir: Path, work
     """Build the shards, in-process for one worker, else in a pool of ``workers`` processes."""
     total = sum(len(job.candidates) for job in jobs)
     if workers == 1 or len(jobs) <= 1:
+        tune_allocator()  # this process does the decoding
         with _progress_bar(total) as bar:
             tick: Callable[[int], None] = bar.update
             return [build_shard(job, settings, out_dir, tick) for job in jobs]

@@ -40,6 +40,7 @@ class SampleSettings:
     image_extension: str
     jpg_quality: int
     png_compress_level: int
+    png_zlib_strategy: str
     window: WindowSettings
     text_sections: tuple[str, ...]
     use_fallback: bool
@@ -126,10 +127,11 @@ def load_jpg_image(path: Path, size: int, bits: int) -> tuple[np.ndarray, dict[s
     return quantize(resized, bits), transform, (int(gray.shape[0]), int(gray.shape[1]))
 
 
-def encode_image(image: np.ndarray, extension: str, jpg_quality: int, png_compress_level: int) -> bytes:
-    """PNG (8 or 16-bit grayscale, zlib level ``png_compress_level``) or JPEG bytes of a 2-D image."""
+def encode_image(image: np.ndarray, extension: str, jpg_quality: int, png_compress_level: int,
+                 png_zlib_strategy: str = "huffman_only") -> bytes:
+    """PNG (8 or 16-bit grayscale, zlib ``png_compress_level`` / ``png_zlib_strategy``) or JPEG bytes of a 2-D image."""
     if extension == "png":
-        return grayscale_png(image, png_compress_level)
+        return grayscale_png(image, png_compress_level, png_zlib_strategy)
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=jpg_quality)
     return buf.getvalue()
@@ -161,7 +163,8 @@ def build_sample(candidate: Candidate, settings: SampleSettings) -> tuple[list[t
         "original_size": list(original),
     }
     members = [
-        (settings.image_extension, encode_image(image, settings.image_extension, settings.jpg_quality, settings.png_compress_level)),
+        (settings.image_extension, encode_image(image, settings.image_extension, settings.jpg_quality, settings.png_compress_level,
+                                                    settings.png_zlib_strategy)),
         ("json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")),
         ("txt", text.encode("utf-8")),
     ]

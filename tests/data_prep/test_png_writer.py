@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.png_writer import grayscale_png
+from data_prep.png_writer import ZLIB_STRATEGIES, grayscale_png
 
 
 def _decode_by_loop(png: bytes) -> np.ndarray:
@@ -44,15 +44,16 @@ def _decode_by_loop(png: bytes) -> np.ndarray:
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (23, 31)])
 def test_png_roundtrip_pillow_and_loop_reference(dtype: type, shape: tuple[int, int]) -> None:
-    """Pillow and a pure-Python reference decoder both read back the exact pixels, all zlib levels."""
+    """Pillow and a pure-Python reference decoder both read back the exact pixels, all zlib levels and strategies."""
     rng = np.random.default_rng(shape[0] * 100 + shape[1])
     image = rng.integers(0, np.iinfo(dtype).max, size=shape, endpoint=True).astype(dtype)
     for level in (0, 1, 9):
-        png = grayscale_png(image, level)
-        decoded = np.asarray(Image.open(io.BytesIO(png)))
-        assert decoded.shape == shape and decoded.dtype == dtype
-        np.testing.assert_array_equal(decoded, image)
-        np.testing.assert_array_equal(_decode_by_loop(png), image)
+        for strategy in ZLIB_STRATEGIES:
+            png = grayscale_png(image, level, strategy)
+            decoded = np.asarray(Image.open(io.BytesIO(png)))
+            assert decoded.shape == shape and decoded.dtype == dtype
+            np.testing.assert_array_equal(decoded, image)
+            np.testing.assert_array_equal(_decode_by_loop(png), image)
 
 
 def test_png_deterministic_and_compressed() -> None:
@@ -68,3 +69,18 @@ def test_png_rejects_other_images(bad: np.ndarray) -> None:
     """Only non-empty 2-D uint8/uint16 images are written."""
     with pytest.raises(ValueError, match="2-D uint8 or uint16"):
         grayscale_png(bad, 1)
+
+
+def test_png_rejects_unknown_strategy() -> None:
+    """A zlib strategy outside the table is an error naming the choices."""
+    with pytest.raises(ValueError, match="unknown zlib strategy 'fast'.*huffman_only"):
+        grayscale_png(np.zeros((2, 2), np.uint8), 1, "fast")
+
+
+def test_huffman_only_beats_level1_deflate_on_a_noisy_film() -> None:
+    """On a smooth image with sensor noise (a radiograph's statistics) Huffman-only is the smaller file."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[0:256, 0:240]
+    film = 120 + 60 * np.sin(rows / 40.0) * np.cos(cols / 55.0) + rng.normal(0, 3, (256, 240))
+    film = np.clip(film, 0, 255).astype(np.uint8)
+    assert len(grayscale_png(film, 1, "huffman_only")) < len(grayscale_png(film, 1, "default"))
