@@ -13,12 +13,15 @@ class ImageEncoderConfig:
     ``pretrained``: ``none`` (random init), ``timm`` (timm's own download for ``name``, which may
     carry a tag such as ``.augreg_in21k``), or a local path: a ``.safetensors`` file or a folder
     holding timm's ``config.json`` + ``model.safetensors`` (what ``SistaModel.export`` writes).
+    ``timm_kwargs`` go to ``timm.create_model`` as they are (e.g. ``{output_stride: 16}`` for a
+    finer CNN grid, ``{depth: 6}`` for a shallower ViT).
     """
 
     name: str
     in_chans: Literal[1, 3]
     img_size: int
     pretrained: str
+    timm_kwargs: Optional[dict[str, Any]] = None
 
 
 @dataclass
@@ -28,6 +31,9 @@ class TextEncoderConfig:
     ``tiny`` is a mapping of ``BertConfig`` arguments for a randomly initialised model (tests,
     demo); exactly one of ``name`` and ``tiny`` is set. ``tokenizer`` names the tokenizer's hub
     id or folder (None: same as ``name``). ``keep_layers`` keeps only the first k layers (MGCA).
+    ``freeze_layers`` locks the embeddings and the first k transformer layers (0: the embeddings
+    only; all layers: the whole encoder, LiT-style, so only the projection heads learn text);
+    None trains everything.
     """
 
     pooling: Literal["cls", "mean"]
@@ -36,12 +42,15 @@ class TextEncoderConfig:
     tiny: Optional[dict[str, Any]] = None
     tokenizer: Optional[str] = None
     keep_layers: Optional[int] = None
+    freeze_layers: Optional[int] = None
 
     def __post_init__(self) -> None:
         if (self.name is None) == (self.tiny is None):
             raise ValueError("text: set exactly one of 'name' (hub id or folder) and 'tiny' (BertConfig arguments)")
         if self.keep_layers is not None and self.keep_layers < 1:
             raise ValueError(f"text.keep_layers must be >= 1, got {self.keep_layers}")
+        if self.freeze_layers is not None and self.freeze_layers < 0:
+            raise ValueError(f"text.freeze_layers must be >= 0 (or null), got {self.freeze_layers}")
 
 
 @dataclass

@@ -19,7 +19,10 @@ TIMM_WEIGHTS = "model.safetensors"
 def _create(cfg: ImageEncoderConfig, pretrained: bool, **extra) -> nn.Module:
     """``timm.create_model`` without classifier, with the configured channels and, where the
     architecture fixes its input size at build time (ViTs), ``img_size``."""
-    kwargs = {"num_classes": 0, "in_chans": cfg.in_chans, **extra}
+    reserved = {"num_classes", "in_chans", "img_size", "pretrained"} & set(cfg.timm_kwargs or {})
+    if reserved:
+        raise ValueError(f"model.image.timm_kwargs may not set {sorted(reserved)}: they have keys of their own (or are fixed)")
+    kwargs = {"num_classes": 0, "in_chans": cfg.in_chans, **(cfg.timm_kwargs or {}), **extra}
     try:
         return timm.create_model(cfg.name, pretrained=pretrained, img_size=cfg.img_size, **kwargs)
     except TypeError as err:

@@ -22,6 +22,16 @@ def create_backbone(cfg: TextEncoderConfig) -> PreTrainedModel:
     return backbone
 
 
+def frozen_modules(backbone: PreTrainedModel, count: int | None) -> list[nn.Module]:
+    """The embeddings and the first ``count`` layers of ``backbone`` (none when ``count`` is None)."""
+    if count is None:
+        return []
+    layers = backbone.encoder.layer
+    if count > len(layers):
+        raise ValueError(f"model.text.freeze_layers={count} but the encoder has only {len(layers)} layers")
+    return [backbone.embeddings, *list(layers)[:count]]
+
+
 def _load_pretrained(name: str) -> PreTrainedModel:
     """``AutoModel.from_pretrained`` without the unused pooler; a clear error when the weights cannot be had."""
     try:
@@ -57,7 +67,17 @@ class TextEncoder(nn.Module):
         self.cfg = cfg
         self.backbone = backbone if backbone is not None else create_backbone(cfg)
         self.num_features = int(self.backbone.config.hidden_size)
+        self.frozen = frozen_modules(self.backbone, cfg.freeze_layers)
+        for module in self.frozen:
+            module.requires_grad_(False)
         self.register_buffer("special_token_ids", torch.tensor(sorted(set(special_token_ids)), dtype=torch.long), persistent=False)
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        """Train mode for what learns; the frozen embeddings and layers stay in eval mode (no dropout)."""
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute layer activations in the backward pass to save memory."""

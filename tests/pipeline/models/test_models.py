@@ -69,6 +69,16 @@ def test_resnet_grid_and_three_channels(tiny_tree):
         encoder(torch.randn(2, 1, 64, 64))
 
 
+def test_timm_kwargs_reach_timm_and_reserved_keys_are_refused(tiny_tree):
+    """``output_stride: 16`` doubles a ResNet's grid; keys the config owns cannot be set twice."""
+    cfg = make_config(tiny_tree, image={"name": "resnet18", "timm_kwargs": {"output_stride": 16}})
+    with torch.no_grad():
+        _, tokens, grid = ImageEncoder(cfg.image).eval()(torch.randn(2, 1, 64, 64))
+    assert grid == (4, 4) and tokens.shape == (2, 16, 512)
+    with pytest.raises(ValueError, match=r"timm_kwargs may not set \['in_chans'\]"):
+        ImageEncoder(make_config(tiny_tree, image={"timm_kwargs": {"in_chans": 3}}).image)
+
+
 def test_real_minilm_keep_layers_and_mean_pooling(tiny_tree, minilm_dir):
     cfg = make_config(tiny_tree, text={"name": str(minilm_dir), "tiny": None, "tokenizer": None, "keep_layers": 2, "pooling": "mean"})
     model = build_model(cfg).eval()
@@ -80,6 +90,29 @@ def test_real_minilm_keep_layers_and_mean_pooling(tiny_tree, minilm_dir):
     assert torch.isfinite(text.global_emb).all()
     with pytest.raises(ValueError, match="keep_layers"):
         build_model(make_config(tiny_tree, text={"name": str(minilm_dir), "tiny": None, "keep_layers": 9}))
+
+
+@pytest.mark.parametrize("count", [0, 1, 2])
+def test_freeze_layers_locks_embeddings_and_first_layers(tiny_tree, count):
+    """Frozen parts get no gradient and no dropout; the rest of the model still learns."""
+    torch.manual_seed(0)
+    model = build_model(make_config(tiny_tree, text={**tiny_tree["text"], "freeze_layers": count}))
+    backbone = model.text_encoder.backbone
+    frozen = [backbone.embeddings, *list(backbone.encoder.layer)[:count]]
+    trainable = list(backbone.encoder.layer)[count:]
+    assert all(not p.requires_grad for m in frozen for p in m.parameters())
+    assert all(p.requires_grad for m in trainable for p in m.parameters())
+    model.train()
+    assert all(not m.training for m in frozen) and all(m.training for m in trainable)
+    ids, attention, _ = tokenise(build_tokenizer(make_config(tiny_tree)))
+    image, text = model(torch.randn(2, 1, 64, 64), ids, attention)
+    (image.global_emb * text.global_emb).sum().backward()
+    assert all(p.grad is None for m in frozen for p in m.parameters())
+    assert any(p.grad is not None for p in model.text_global_head.parameters())
+    if trainable:
+        assert all(p.grad is not None for m in trainable for p in m.parameters() if p.ndim > 1)
+    with pytest.raises(ValueError, match="freeze_layers=3 but the encoder has only 2 layers"):
+        build_model(make_config(tiny_tree, text={**tiny_tree["text"], "freeze_layers": 3}))
 
 
 def test_export_load_round_trip_is_exact_and_pickle_free(tiny, tmp_path):
