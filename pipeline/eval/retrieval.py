@@ -4,6 +4,14 @@ Candidates are all reports (or images) of the evaluation split. A candidate is *
 query when their binary label sets are equal (or the texts are identical); it is an *exact
 pair* when the report text is the query image's own (identical texts count, since several
 frontal images of one study share a report). Similarities are cosine of the global embeddings.
+
+Two diagnostics sit beside the standard numbers. *Hubness*: the largest share of queries whose
+top-1 is one same candidate (an undertrained contrastive model often has a few "hub" reports that
+are every image's nearest neighbour, which can push R@1 below random ranking). *Centred* R@K
+(label-set relevance): the same ranking after subtracting each modality's mean embedding over the
+evaluation split and re-normalising (no labels used), which removes the common offset that makes
+the hubs. The standard, uncentred figures are the headline; the centred ones say how much of a
+low score is hubness rather than missing alignment.
 """
 
 from __future__ import annotations
@@ -39,6 +47,21 @@ def _hits(
     return np.concatenate(rows)
 
 
+def centred(emb: np.ndarray) -> np.ndarray:
+    """Embeddings minus their mean over the set, L2-normalised again (float64)."""
+    shifted = emb.astype(np.float64) - emb.astype(np.float64).mean(axis=0, keepdims=True)
+    return shifted / np.maximum(np.linalg.norm(shifted, axis=1, keepdims=True), 1e-12)
+
+
+def largest_top1_share(query_emb: np.ndarray, cand_emb: np.ndarray) -> float:
+    """The largest fraction of queries that share one same top-1 candidate (1/n_queries at best: no hub)."""
+    top = np.concatenate([
+        (query_emb[start : start + QUERY_CHUNK].astype(np.float64) @ cand_emb.astype(np.float64).T).argmax(axis=1)
+        for start in range(0, len(query_emb), QUERY_CHUNK)
+    ])
+    return float(np.bincount(top, minlength=len(cand_emb)).max() / len(query_emb))
+
+
 def retrieval_metrics(
     image_emb: np.ndarray,
     text_emb: np.ndarray,
@@ -53,7 +76,8 @@ def retrieval_metrics(
     """R@K both ways under label-set relevance and exact-pair relevance, with bootstrap intervals over queries."""
     _, text_key = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
     out: dict = {"num_pairs": int(len(texts)), "ks": list(ks)}
-    for direction, (q, c) in {"image_to_report": (image_emb, text_emb), "report_to_image": (text_emb, image_emb)}.items():
+    pairs = {"image_to_report": (image_emb, text_emb), "report_to_image": (text_emb, image_emb)}
+    for direction, (q, c) in pairs.items():
         for relevance, lab in (("label_set", labels), ("exact_pair", None)):
             hits = _hits(q, c, text_key, text_key, lab, lab, ks).astype(np.float64)
             low, high = metrics.bootstrap_ci(
@@ -67,6 +91,10 @@ def retrieval_metrics(
                 f"R@{k}": {"value": float(hits[:, j].mean()), "ci": [float(low[j]), float(high[j])]}
                 for j, k in enumerate(ks)
             }
+    for direction, (q, c) in pairs.items():
+        hits = _hits(centred(q), centred(c), text_key, text_key, labels, labels, ks).astype(np.float64)
+        out.setdefault("centred_label_set", {})[direction] = {f"R@{k}": float(hits[:, j].mean()) for j, k in enumerate(ks)}
+        out.setdefault("largest_top1_share", {})[direction] = largest_top1_share(q, c)
     # What a model that ranks at random would score (label-set relevance), for reading the table.
     relevant_fraction = metrics.same_label_set(labels, labels).mean(axis=1)
     out["chance_R@1_label_set"] = float(relevant_fraction.mean())
@@ -91,4 +119,9 @@ def run_retrieval(ctx: EvalContext) -> TaskResult:
             for k, entry in result[direction][relevance].items():
                 table.append((f"{direction} {relevance} {k}", *fmt(entry["value"], entry["ci"])))
     table.append(("chance R@1 (label set)", *fmt(result["chance_R@1_label_set"])))
+    for direction in ("image_to_report", "report_to_image"):
+        for k, value in result["centred_label_set"][direction].items():
+            table.append((f"{direction} label_set {k}, centred (diagnostic)", *fmt(value)))
+        table.append((f"{direction}: largest share of queries with one same top-1 (hubness)",
+                      *fmt(result["largest_top1_share"][direction])))
     return TaskResult("retrieval", result, table)

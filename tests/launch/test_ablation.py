@@ -22,13 +22,14 @@ def test_presets_differ_only_in_the_loss_preset(tmp_path) -> None:
 def test_table_has_one_row_per_preset_and_says_phantom() -> None:
     tasks = {
         "zero_shot": {"mean_auroc": {"auroc": 0.61}},
-        "retrieval": {"image_to_report": {"label_set": {"R@1": {"value": 0.25}}}},
+        "retrieval": {"image_to_report": {"label_set": {"R@1": {"value": 0.25}}},
+                      "centred_label_set": {"image_to_report": {"R@1": 0.5}}},
         "linear_probe": {"datasets": {"shards": {"fractions": {"1pct": {"auroc": 0.7}}}}},
         "grounding": {"overall": {"pointing_accuracy": 0.125, "mean_iou": 0.05}},
     }
     table = ablation_table({"clip": {"tasks": tasks}, "sista": {"tasks": {}}}, steps=60)
     lines = table.splitlines()
     assert "phantom" in lines[0] and "60 steps" in lines[0]
-    assert lines[2].startswith("| clip | 61.0 | 25.0 | n/a | n/a | n/a | 70.0 | 12.5 | 5.0 |")
-    assert lines[3] == "| sista | " + " | ".join(["n/a"] * 8) + " |"
+    assert lines[2].startswith("| clip | 61.0 | 25.0 | n/a | n/a | n/a | 50.0 | 70.0 | 12.5 | 5.0 |")
+    assert lines[3] == "| sista | " + " | ".join(["n/a"] * 9) + " |"
     assert "phantom set" in table

@@ -135,3 +135,23 @@ def test_accuracy() -> None:
     assert metrics.accuracy(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2])) == 0.75
     w = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]])
     assert metrics.weighted_accuracy(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2]), w).tolist() == [1.0, 0.0]
+
+
+def test_hub_share_and_centred_retrieval_hand_case() -> None:
+    """A common offset makes one report every image's top-1 (a hub); centring removes it and finds the pairs."""
+    from pipeline.eval.retrieval import centred, largest_top1_share, retrieval_metrics
+
+    offset = np.array([0.0, 0.0, 1.0])
+    signal = np.array([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, -1.0, 0.0]])
+    images = 10 * offset + signal  # mostly the common direction: small image-to-image differences
+    reports = offset + signal
+    reports[3] = offset  # the report without a signal of its own sits at the centre: every image's top-1
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    reports /= np.linalg.norm(reports, axis=1, keepdims=True)
+    assert largest_top1_share(images, reports) == 1.0
+    np.testing.assert_allclose(centred(images).mean(axis=0) @ np.ones(3), 0.0, atol=1e-12)
+    labels = np.eye(4)
+    got = retrieval_metrics(images, reports, ["a", "b", "c", "d"], labels, (1,), n_boot=20, seed=0, level=0.95)
+    assert got["image_to_report"]["label_set"]["R@1"]["value"] == 0.25  # only image 3 finds its own report
+    assert got["centred_label_set"]["image_to_report"]["R@1"] == 1.0
+    assert got["largest_top1_share"]["image_to_report"] == 1.0 and got["chance_R@1_label_set"] == 0.25
