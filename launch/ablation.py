@@ -1,7 +1,7 @@
 """Ablation on phantoms at the same budget: train ``clip``, ``sia_only``, ``sta_only``, ``sista``, evaluate each, print one table.
 
-    python launch/ablation.py --out demo_out/ablation --steps 150 [--studies 300] [--nproc 2] \
-        [--train-config configs/pretrain/demo.yaml] [key=value ...]
+    python launch/ablation.py --out demo_out/ablation --steps 150 [--studies 1000] [--nproc 2] \
+        [--train-config configs/pretrain/ablation.yaml] [key=value ...]
 
 Without ``--manifest``/``--annotations`` it first writes its own phantom set (``--studies``
 studies, 60/10/30 % split so the held-out split is big enough to compare presets) and shards it
@@ -160,12 +160,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", help="phantom shards' manifest.json (default: write a phantom set under --out)")
     parser.add_argument("--annotations", help="phantom_annotations.json of the phantom tree behind --manifest")
-    parser.add_argument("--studies", type=int, default=300, help="studies of the phantom set written under --out")
+    parser.add_argument("--studies", type=int, default=1000, help="studies of the phantom set written under --out")
     parser.add_argument("--workers", type=int, default=2, help="processes for phantoms and sharding")
     parser.add_argument("--out", required=True, help="folder for the runs, evaluations and the table")
     parser.add_argument("--steps", type=int, required=True, help="optimizer steps per preset (the budget)")
     parser.add_argument("--nproc", type=int, default=2, help="training processes per run (torchrun on CPU)")
-    parser.add_argument("--train-config", default=str(REPO / "configs/pretrain/demo.yaml"))
+    parser.add_argument("--train-config", default=str(REPO / "configs/pretrain/ablation.yaml"))
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
     parser.add_argument("--eval-override", dest="eval_overrides", action="append", default=[],
                         metavar="key=value", help="an override for every evaluation (repeatable)")

@@ -87,7 +87,7 @@ def fallback_text_overrides(out: Path, manifest: Path) -> list[str]:
     tiny = {"vocab_size": len(vocab), "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
             "intermediate_size": 256, "max_position_embeddings": 128}
     return ["model.text.name=null", f"model.text.tiny={json.dumps(tiny)}", f"model.text.tokenizer={folder}",
-            "loss.sia.similarity_source=online"]
+            "model.text.freeze_layers=null", "loss.sia.similarity_source=online"]
 
 
 def _free_port() -> int:
