@@ -135,10 +135,44 @@ def make_phantom_shards(out: Path, studies: int, workers: int) -> tuple[Path, Pa
     return shards / "manifest.json", tree / "phantom_annotations.json"
 
 
+SETTINGS_FILE = "ablation_settings.json"
+STALE = ("phantoms", "shards", "splits", "ablation.md", "ablation.json", *PRESETS)
+
+
+def ablation_settings(args: argparse.Namespace) -> dict:
+    """Everything that shapes the results: reused runs must have been made with exactly these."""
+    return {
+        "steps": args.steps, "studies": args.studies, "nproc": args.nproc, "manifest": args.manifest,
+        "annotations": args.annotations, "overrides": args.overrides, "eval_overrides": args.eval_overrides,
+        "train_config": Path(args.train_config).read_text(encoding="utf-8"),
+    }
+
+
+def check_settings(out: Path, settings: dict, replace_stale: bool) -> None:
+    """Reuse the runs under ``out`` only if they were made with ``settings``; else remove them or stop."""
+    import shutil
+
+    saved = out / SETTINGS_FILE
+    if saved.is_file():
+        stale = json.loads(saved.read_text(encoding="utf-8")) != settings
+    else:
+        stale = any((out / name).exists() for name in STALE)
+    if stale:
+        if not replace_stale:
+            raise SystemExit(f"ablation: {out} holds runs made with other (or unrecorded) settings; use another "
+                             f"--out, remove it, or pass --replace-stale (settings are kept in {SETTINGS_FILE})")
+        log.warning("ablation: %s holds runs made with other settings: removing them", out)
+        for name in STALE:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    saved.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+
+
 def run_ablation(args: argparse.Namespace) -> str:
-    """Train and evaluate every preset (skipping runs already exported/evaluated), then build the table."""
+    """Train and evaluate every preset (reusing runs made with the same settings), then build the table."""
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    check_settings(out, ablation_settings(args), args.replace_stale)
     if args.manifest is None or args.annotations is None:
         args.manifest, args.annotations = make_phantom_shards(out, args.studies, args.workers)
     metrics = {}
@@ -167,6 +201,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nproc", type=int, default=2, help="training processes per run (torchrun on CPU)")
     parser.add_argument("--train-config", default=str(REPO / "configs/pretrain/ablation.yaml"))
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--replace-stale", action="store_true",
+                        help="remove runs under --out that were made with other settings instead of stopping")
     parser.add_argument("--eval-override", dest="eval_overrides", action="append", default=[],
                         metavar="key=value", help="an override for every evaluation (repeatable)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every training run")
@@ -175,7 +211,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def ablation_args(out: Path, steps: int, nproc: int, overrides: list[str]) -> argparse.Namespace:
     """The arguments of :func:`run_ablation` for a caller that is not the command line (the demo)."""
-    return parse_args(["--out", str(out), "--steps", str(steps), "--nproc", str(nproc), *overrides])
+    return parse_args(["--out", str(out), "--steps", str(steps), "--nproc", str(nproc), "--replace-stale", *overrides])
 
 
 def main(argv: list[str] | None = None) -> int:

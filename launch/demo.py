@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --- Evaluation step (owned by the evaluation capability; see launch/ablation.py) ---------------------
-ABLATION_STEPS = 60
+ABLATION_STEPS = 150
 
 
 def closing_ablation(out: Path, steps: int, nproc: int, text_overrides: list[str]) -> int:

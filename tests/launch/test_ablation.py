@@ -33,3 +33,22 @@ def test_table_has_one_row_per_preset_and_says_phantom() -> None:
     assert lines[2].startswith("| clip | 61.0 | 25.0 | n/a | n/a | n/a | 50.0 | 70.0 | 12.5 | 5.0 |")
     assert lines[3] == "| sista | " + " | ".join(["n/a"] * 9) + " |"
     assert "phantom set" in table
+
+
+def test_runs_made_with_other_settings_are_never_reused(tmp_path) -> None:
+    """A changed budget stops the run (or, with --replace-stale, removes the old runs), never mixes them."""
+    import pytest
+
+    from launch.ablation import SETTINGS_FILE, ablation_settings, check_settings
+
+    args = parse_args(["--manifest", "m.json", "--annotations", "a.json", "--out", str(tmp_path), "--steps", "7"])
+    check_settings(tmp_path, ablation_settings(args), replace_stale=False)
+    (tmp_path / "clip" / "export").mkdir(parents=True)
+    check_settings(tmp_path, ablation_settings(args), replace_stale=False)  # same settings: kept
+    assert (tmp_path / "clip" / "export").is_dir()
+    longer = parse_args(["--manifest", "m.json", "--annotations", "a.json", "--out", str(tmp_path), "--steps", "9"])
+    with pytest.raises(SystemExit, match="other .*settings.*--replace-stale"):
+        check_settings(tmp_path, ablation_settings(longer), replace_stale=False)
+    assert (tmp_path / "clip" / "export").is_dir()
+    check_settings(tmp_path, ablation_settings(longer), replace_stale=True)
+    assert not (tmp_path / "clip").exists() and (tmp_path / SETTINGS_FILE).is_file()
