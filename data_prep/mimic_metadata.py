@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydicom.tag import Tag
 
-from data_prep.dicom_pixels import DicomReadError, read_dicom
+from pipeline.dicom_pixels import DicomReadError, read_dicom
 
 log = logging.getLogger(__name__)
 

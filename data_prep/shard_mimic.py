@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as `python data_prep/shard_mimic.py`
 
 from tqdm import tqdm  # noqa: E402
 
-from data_prep.dicom_pixels import WindowSettings, tune_allocator  # noqa: E402
+from pipeline.dicom_pixels import WindowSettings, tune_allocator  # noqa: E402
 from data_prep.mimic_metadata import CHEXPERT_LABELS, list_candidates  # noqa: E402
 from data_prep.shard_config import ShardConfig, WindowConfig  # noqa: E402
 from data_prep.shard_manifest import (  # noqa: E402

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from data_prep.dicom_pixels import DicomReadError, WindowSettings, dicom_to_image, quantize, resize_short_side
+from pipeline.dicom_pixels import DicomReadError, WindowSettings, dicom_to_image, quantize, resize_short_side
 from data_prep.mimic_metadata import CHEXPERT_LABELS, Candidate, Skip
 from data_prep.png_writer import WRITER_VERSION as PNG_WRITER_VERSION
 from data_prep.png_writer import grayscale_png

@@ -239,10 +239,10 @@ def quantize(unit: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(np.rint(unit * top), 0, top).astype(dtype)
 
 
-def dicom_to_image(
-    path: str | Path, size: int, bits: int, window: WindowSettings, ds: Dataset | None = None
-) -> tuple[np.ndarray, dict[str, Any], tuple[int, int]]:
-    """Read and render one DICOM radiograph: (uint8/uint16 image, transform, original (rows, cols)).
+def dicom_to_unit(
+    path: str | Path, window: WindowSettings, ds: Dataset | None = None
+) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
+    """Read one DICOM radiograph to display values: (float32 [H, W] in [0, 1], air dark; transform; stored pixels).
 
     Raises :class:`DicomReadError` with a skip reason for unreadable, undecodable or blank files.
     """
@@ -253,9 +253,19 @@ def dicom_to_image(
     except (ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as err:
         reason = "blank_image" if "constant image" in str(err) else "unsupported_image"
         raise DicomReadError(path, reason, str(err)) from err
-    unit = apply_lut(lut, stored, offset)
-    resized = resize_short_side(unit, size)
     transform["bits_stored"] = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    return apply_lut(lut, stored, offset), transform, stored
+
+
+def dicom_to_image(
+    path: str | Path, size: int, bits: int, window: WindowSettings, ds: Dataset | None = None
+) -> tuple[np.ndarray, dict[str, Any], tuple[int, int]]:
+    """Read and render one DICOM radiograph: (uint8/uint16 image, transform, original (rows, cols)).
+
+    Raises :class:`DicomReadError` with a skip reason for unreadable, undecodable or blank files.
+    """
+    unit, transform, stored = dicom_to_unit(path, window, ds)
+    resized = resize_short_side(unit, size)
     transform["resize"] = {"from": list(stored.shape), "to": list(resized.shape), "filter": RESIZE_FILTER}
     transform["output_bits"] = bits
     return quantize(resized, bits), transform, (int(stored.shape[0]), int(stored.shape[1]))

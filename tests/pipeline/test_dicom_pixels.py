@@ -10,7 +10,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi, apply_windowing
 
-from data_prep.dicom_pixels import (
+from pipeline.dicom_pixels import (
     DicomReadError,
     WindowSettings,
     _window_to_unit,
