@@ -50,10 +50,10 @@ import numpy as np  # noqa: E402
 import pydicom  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless  # noqa: E402
 
-from pipeline.dicom_pixels import resize_short_side, tune_allocator  # noqa: E402
 from data_prep.make_phantoms import make_phantoms  # noqa: E402
 from data_prep.shard_mimic import ShardConfig, shard_mimic  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
+from pipeline.dicom_pixels import resize_short_side, tune_allocator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MIMIC_IMAGES = 377_110

@@ -32,7 +32,6 @@ if __package__ in (None, ""):  # run as `python data_prep/shard_mimic.py`
 
 from tqdm import tqdm  # noqa: E402
 
-from pipeline.dicom_pixels import WindowSettings, tune_allocator  # noqa: E402
 from data_prep.mimic_metadata import CHEXPERT_LABELS, list_candidates  # noqa: E402
 from data_prep.shard_config import ShardConfig, WindowConfig  # noqa: E402
 from data_prep.shard_manifest import (  # noqa: E402
@@ -44,6 +43,7 @@ from data_prep.shard_manifest import (  # noqa: E402
 from data_prep.shard_samples import SampleSettings, ShardJob, build_shard, job_fingerprint  # noqa: E402
 from data_prep.shard_writer import load_complete_state, remove_leftovers, write_json_atomic  # noqa: E402
 from pipeline.config import ConfigError, add_config_arguments, load_config, to_dict, to_yaml  # noqa: E402
+from pipeline.dicom_pixels import WindowSettings, tune_allocator  # noqa: E402
 from pipeline.logging_setup import setup_logging  # noqa: E402
 
 log = logging.getLogger("sista.shard_mimic")
