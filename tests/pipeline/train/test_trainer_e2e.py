@@ -20,9 +20,13 @@ def _decreases(losses: dict[int, tuple[float, bool]]) -> bool:
 
 
 def test_zero2_two_ranks_nan_skip_mlflow_export(train_manifest, tmp_path):
-    """torchrun, ZeRO-2: steps run, loss decreases, NaN on one rank is skipped by both, MLflow + figure + export."""
+    """torchrun, ZeRO-2: steps run, loss decreases, NaN on one rank is skipped by both, MLflow + figure + export.
+
+    The text tower's embeddings and first layer are frozen: the export must carry them unchanged.
+    """
     run_dir = tmp_path / "z2"
     over = tiny_overrides(train_manifest, run_dir, schedule__max_steps=9, faults__inject_nan_steps=[3],
+                          model__text__freeze_layers=1,
                           faults__inject_nan_rank=1, tracking__enabled=True, tracking__figure_every_steps=4,
                           checkpoint__every_steps=4, checkpoint__keep_last=1, checkpoint__export_at_end=True)
     result = torchrun(over)
@@ -47,6 +51,19 @@ def test_zero2_two_ranks_nan_skip_mlflow_export(train_manifest, tmp_path):
 
     model = load_exported(run_dir / "export")
     assert model.logit_scales()["sia"].ndim == 0
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.models import build_model
+    from pipeline.train.config import PretrainConfig
+
+    cfg = load_config(PretrainConfig, run_dir / "config.yaml", [])
+    torch.manual_seed(cfg.run.seed)  # what the trainer does before building its model
+    initial = build_model(cfg.model).text_encoder.backbone
+    trained = model.text_encoder.backbone
+    assert torch.equal(trained.embeddings.word_embeddings.weight, initial.embeddings.word_embeddings.weight)
+    assert all(torch.equal(a, b) for a, b in zip(trained.encoder.layer[0].parameters(), initial.encoder.layer[0].parameters()))
+    assert not torch.equal(trained.encoder.layer[1].attention.self.query.weight, initial.encoder.layer[1].attention.self.query.weight)
     from pipeline.train.checkpoint import describe
 
     info = describe(run_dir / "checkpoints" / "step000000009")

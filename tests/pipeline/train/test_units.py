@@ -217,7 +217,7 @@ def test_missing_shard_is_named_before_training(train_manifest, tmp_path, capsys
 
 def test_configs_resolve():
     """The shipped pretrain configs load (with the manifest the user must give)."""
-    for name in ("demo", "mimic_vitb16", "base"):
+    for name in ("demo", "ablation", "mimic_vitb16", "base"):
         cfg = load_config(PretrainConfig, REPO / "configs" / "pretrain" / f"{name}.yaml", ["data.manifest=m.json"])
         assert cfg.data.transform.channels == cfg.model.image.in_chans
 
