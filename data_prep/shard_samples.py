@@ -128,7 +128,7 @@ def load_jpg_image(path: Path, size: int, bits: int) -> tuple[np.ndarray, dict[s
 
 
 def encode_image(image: np.ndarray, extension: str, jpg_quality: int, png_compress_level: int,
-                 png_zlib_strategy: str = "huffman_only") -> bytes:
+                 png_zlib_strategy: str) -> bytes:
     """PNG (8 or 16-bit grayscale, zlib ``png_compress_level`` / ``png_zlib_strategy``) or JPEG bytes of a 2-D image."""
     if extension == "png":
         return grayscale_png(image, png_compress_level, png_zlib_strategy)

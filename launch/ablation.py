@@ -140,11 +140,18 @@ STALE = ("phantoms", "shards", "splits", "ablation.md", "ablation.json", *PRESET
 
 
 def ablation_settings(args: argparse.Namespace) -> dict:
-    """Everything that shapes the results: reused runs must have been made with exactly these."""
+    """Everything that shapes the results: reused runs must have been made with exactly these.
+
+    The training config counts with its whole ``base`` chain merged, so an edit to a base file
+    (e.g. demo.yaml under ablation.yaml) also makes earlier runs stale.
+    """
+    from pipeline.config import load_yaml_tree
+
+    train_config, _ = load_yaml_tree(args.train_config)
     return {
         "steps": args.steps, "studies": args.studies, "nproc": args.nproc, "manifest": args.manifest,
         "annotations": args.annotations, "overrides": args.overrides, "eval_overrides": args.eval_overrides,
-        "train_config": Path(args.train_config).read_text(encoding="utf-8"),
+        "train_config": train_config,
     }
 
 

@@ -52,3 +52,16 @@ def test_runs_made_with_other_settings_are_never_reused(tmp_path) -> None:
     assert (tmp_path / "clip" / "export").is_dir()
     check_settings(tmp_path, ablation_settings(longer), replace_stale=True)
     assert not (tmp_path / "clip").exists() and (tmp_path / SETTINGS_FILE).is_file()
+
+
+def test_an_edited_base_config_makes_runs_stale(tmp_path) -> None:
+    """The training config counts with its base chain: editing only the base changes the settings."""
+    from launch.ablation import ablation_settings
+
+    (tmp_path / "base.yaml").write_text("optim:\n  lr: 0.001\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nschedule:\n  warmup_steps: 3\n")
+    argv = ["--manifest", "m.json", "--annotations", "a.json", "--out", str(tmp_path / "out"), "--steps", "7",
+            "--train-config", str(tmp_path / "child.yaml")]
+    before = ablation_settings(parse_args(argv))
+    (tmp_path / "base.yaml").write_text("optim:\n  lr: 0.002\n")
+    assert ablation_settings(parse_args(argv)) != before
