@@ -36,6 +36,14 @@ class StaConfig:
 
     token_unit: Literal["subword", "word"]
     threshold: Optional[float] = None  # σ; None means 1/P
+    image_negatives: int = 0  # K other images per token in the cross-image term; 0 = off (SPARC)
+    image_negatives_weight: float = 1.0  # weight of the cross-image term inside L_STA
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_negatives, bool) or not isinstance(self.image_negatives, int) or self.image_negatives < 0:
+            raise ValueError(f"sta.image_negatives must be an integer >= 0, got {self.image_negatives!r}")
+        if self.image_negatives_weight < 0:
+            raise ValueError(f"sta.image_negatives_weight must be >= 0, got {self.image_negatives_weight}")
 
 
 @dataclass

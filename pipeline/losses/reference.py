@@ -54,6 +54,20 @@ def sia_loop_reference(
     return (i2t + t2i) / 2
 
 
+def _group_loop(v: torch.Tensor, t: torch.Tensor, sigma: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """STA steps 1-5 for one token ``t`` over one image's patches ``v``: (weights a [P], normalised c)."""
+    patches = v.shape[0]
+    s = v @ t  # step 1
+    s_hat = (s - s.min()) / (s.max() - s.min() + eps)  # step 2
+    s_tilde = torch.stack([x if x >= sigma else x * 0 for x in s_hat])  # step 3
+    if float(s_tilde.sum().detach()) > 0:
+        a = s_tilde / s_tilde.sum()  # step 4
+    else:
+        a = torch.full_like(s_tilde, 1.0 / patches)
+    c = sum(a[p] * v[p] for p in range(patches))  # step 5
+    return a, c / c.norm().clamp(min=1e-12)
+
+
 def sta_loop_reference(
     patch_emb: torch.Tensor,
     token_emb: torch.Tensor,
@@ -73,19 +87,10 @@ def sta_loop_reference(
         valid = [tok for tok in range(length) if bool(token_mask[b, tok])]
         if not valid:
             continue
-        v = patch_emb[b]
         grouped = {}
         for tok in valid:
-            s = v @ token_emb[b, tok]  # step 1
-            s_hat = (s - s.min()) / (s.max() - s.min() + eps)  # step 2
-            s_tilde = torch.stack([x if x >= sigma else x * 0 for x in s_hat])  # step 3
-            if float(s_tilde.sum().detach()) > 0:
-                a = s_tilde / s_tilde.sum()  # step 4
-            else:
-                a = torch.full_like(s_tilde, 1.0 / patches)
+            a, grouped[tok] = _group_loop(patch_emb[b], token_emb[b, tok], sigma, eps)
             weights_out[b, tok] = a.detach()
-            c = sum(a[p] * v[p] for p in range(patches))  # step 5
-            grouped[tok] = c / c.norm().clamp(min=1e-12)
         token_terms = []
         for tok in valid:  # step 6
             t_l, c_l = token_emb[b, tok], grouped[tok]
@@ -101,4 +106,38 @@ def sta_loop_reference(
     return sum(sample_losses) / len(sample_losses), weights_out
 
 
-__all__ = ["sia_loop_reference", "sta_loop_reference"]
+def sta_image_loop_reference(
+    patch_emb: torch.Tensor,
+    token_emb: torch.Tensor,
+    token_mask: torch.Tensor,
+    logit_scale: float | torch.Tensor,
+    *,
+    negatives: int,
+    threshold: float | None = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """The cross-image STA term sample by sample, token by token, candidate image by candidate image."""
+    batch, length, _ = token_emb.shape
+    sigma = 1.0 / patch_emb.shape[1] if threshold is None else threshold
+    window = min(negatives, batch - 1)
+    sample_losses = []
+    for b in range(batch):
+        valid = [tok for tok in range(length) if bool(token_mask[b, tok])]
+        if not valid:
+            continue
+        token_terms = []
+        for tok in valid:
+            t_l = token_emb[b, tok]
+            logits = []
+            for step in range(window + 1):  # own image first, then the next ones, wrapping around
+                _, c = _group_loop(patch_emb[(b + step) % batch], t_l, sigma, eps)
+                logits.append(logit_scale * (t_l @ c))
+            logits = torch.stack(logits)
+            token_terms.append(torch.logsumexp(logits, 0) - logits[0])
+        sample_losses.append(sum(token_terms) / len(token_terms))
+    if not sample_losses:
+        return patch_emb.sum() * 0
+    return sum(sample_losses) / len(sample_losses)
+
+
+__all__ = ["sia_loop_reference", "sta_image_loop_reference", "sta_loop_reference"]

@@ -9,7 +9,7 @@ from torch import nn
 
 from pipeline.losses.config import LossConfig
 from pipeline.losses.sia import sia_terms
-from pipeline.losses.sta import sta_terms
+from pipeline.losses.sta import sta_image_loss, sta_terms
 
 log = logging.getLogger(__name__)
 # Warn about heavy elimination on the first offending step, then every this many offending steps.
@@ -61,7 +61,8 @@ class SistaLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Loss terms and diagnostics for one step from ``ImageFeatures``, ``TextFeatures`` and ``logit_scales``.
 
-        Keys: loss, sia_loss, sta_loss, fn_eliminated_per_row, fn_eliminated_fraction, sta_sparsity,
+        Keys: loss, sia_loss, sta_loss (= sta_token_loss + weight · sta_image_loss, the latter only when
+        ``sta.image_negatives`` > 0), sta_token_loss, fn_eliminated_per_row, fn_eliminated_fraction, sta_sparsity,
         temperature_sia, temperature_sta, sia_center_offset, and sta_weights (a [B, L', P], detached;
         absent when STA is off). Diagnostics are this rank's values.
         """
@@ -87,10 +88,20 @@ class SistaLoss(nn.Module):
             sta = sta_terms(
                 image.patch_emb, text.token_emb, text.token_mask, logit_scales["sta"], threshold=cfg.sta.threshold
             )
-            total = total + cfg.sta_weight * sta.loss
-            out.update(sta_loss=sta.loss, sta_sparsity=sta.sparsity, sta_weights=sta.weights.detach())
+            sta_total = sta.loss
+            if cfg.sta.image_negatives > 0:
+                image_loss = sta_image_loss(
+                    image.patch_emb, text.token_emb, text.token_mask, logit_scales["sta"],
+                    negatives=cfg.sta.image_negatives, threshold=cfg.sta.threshold,
+                )
+                sta_total = sta_total + cfg.sta.image_negatives_weight * image_loss
+                out["sta_image_loss"] = image_loss
+            total = total + cfg.sta_weight * sta_total
+            out.update(sta_loss=sta_total, sta_token_loss=sta.loss, sta_sparsity=sta.sparsity,
+                       sta_weights=sta.weights.detach())
         else:
-            out.update(sta_loss=torch.zeros((), device=device), sta_sparsity=torch.zeros((), device=device))
+            zero = torch.zeros((), device=device)
+            out.update(sta_loss=zero, sta_token_loss=zero, sta_sparsity=zero)
         fraction = sia.eliminated_per_row / max(sia.global_size - 1, 1)
         self._maybe_warn(float(fraction))
         out.update(

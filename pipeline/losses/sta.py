@@ -4,6 +4,11 @@ For every valid token l of a report and every patch p of its image: similarity s
 normalised over patches, zeroed below σ (1/P by default), renormalised to weights a_lp (not a
 softmax); the grouped patch embedding c_l = normalise(Σ_p a_lp v_p) is contrasted with the
 report's tokens in both directions (c_l vs t_k and t_l vs c_k), with the own token as positive.
+
+Optionally (``loss.sta.image_negatives`` K > 0) a cross-image term: each token is grouped the same way
+over its own image and over K other images of the global batch, and must pick its own image. It removes
+the content-blind solution of the within-sample contrast (fixed "slots" on featureless patches; see
+docs/method.md).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses.distributed import all_reduce_sum_no_grad, rank_and_world
+from pipeline.losses.distributed import all_reduce_sum_no_grad, gather_with_grad, rank_and_world, row_layout
 from pipeline.losses.sia import compute_dtype
 
 # Added to (max − min) in the min–max normalisation; keeps all-equal rows finite.
@@ -56,6 +61,19 @@ def _token_cross_entropy(logits: torch.Tensor, token_mask: torch.Tensor) -> torc
     return F.cross_entropy(masked.flatten(0, 1), target, reduction="none").view(batch, length)
 
 
+def _global_token_mean(per_token: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """This rank's share of the mean over non-empty samples (global) of the mean over valid tokens of ``per_token`` [B, L].
+
+    Across devices the denominator is the global count of non-empty samples, so the mean of the
+    ranks' values is the global loss. All samples empty: 0, still attached to the graph.
+    """
+    counts = valid.sum(dim=-1)
+    per_sample = torch.where(valid, per_token, 0.0).sum(dim=-1) / counts.clamp(min=1)
+    nonempty = all_reduce_sum_no_grad((counts > 0).sum().to(per_token.dtype))
+    _, world = rank_and_world()
+    return per_sample.sum() * (world / nonempty.clamp(min=1.0))
+
+
 def sta_terms(
     patch_emb: torch.Tensor,
     token_emb: torch.Tensor,
@@ -80,13 +98,9 @@ def sta_terms(
         grouped = F.normalize(weights @ patches, dim=-1)
         logits = scale * grouped @ tokens.transpose(1, 2)  # [b, l, k] = c_l · t_k / τ_f
         per_token = (_token_cross_entropy(logits, valid) + _token_cross_entropy(logits.transpose(1, 2), valid)) / 2
-        counts = valid.sum(dim=-1)
-        per_sample = torch.where(valid, per_token, 0.0).sum(dim=-1) / counts.clamp(min=1)
-        nonempty = all_reduce_sum_no_grad((counts > 0).sum().to(dtype))
-        _, world = rank_and_world()
-        loss = per_sample.sum() * (world / nonempty.clamp(min=1.0))
+        loss = _global_token_mean(per_token, valid)
         weights = torch.where(valid[..., None], weights, 0.0)
-        cells = (counts.sum() * patches.shape[1]).clamp(min=1)
+        cells = (valid.sum() * patches.shape[1]).clamp(min=1)
         sparsity = ((weights > 0).sum() / cells).detach().float()
     return StaTerms(loss, weights, sparsity)
 
@@ -109,3 +123,50 @@ def sta_loss(
     """
     terms = sta_terms(patch_emb, token_emb, token_mask, logit_scale, threshold=threshold)
     return terms.loss, terms.weights
+
+
+def image_window(offset: int, rows: int, global_size: int, negatives: int, device: torch.device) -> torch.Tensor:
+    """Global image indices [rows, 1 + K'] each token is grouped over: its own image, then the next K' (cyclic).
+
+    K' = min(``negatives``, N − 1). Fixed by global position, so W devices see the same candidates
+    as one device on the concatenated batch.
+    """
+    window = min(negatives, global_size - 1)
+    own = torch.arange(offset, offset + rows, device=device)
+    return (own[:, None] + torch.arange(window + 1, device=device)[None, :]) % global_size
+
+
+def sta_image_loss(
+    patch_emb: torch.Tensor,
+    token_emb: torch.Tensor,
+    token_mask: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    *,
+    negatives: int,
+    threshold: float | None = None,
+) -> torch.Tensor:
+    """Cross-image token contrast: each token must prefer its grouping over its own image to K others.
+
+    For token l of pair i and candidate image j (its own, then the K following images of the
+    all-gathered batch, cyclic): c_l^(j) = normalise(Σ_p a_lp^(j) v_jp) with STA's sparse weights of
+    t_l over image j's patches; ℓ_l = CE_j(s_f · t_l · c_l^(j), own image). Averaged like
+    :func:`sta_loss` (valid tokens, then non-empty samples; each rank returns its share). Patch
+    embeddings are gathered with gradient, so other ranks' images get their gradient back.
+    """
+    if negatives < 1:
+        raise ValueError(f"sta_image_loss needs negatives >= 1, got {negatives}")
+    dtype = compute_dtype(patch_emb, token_emb)
+    valid = token_mask.bool()
+    with torch.autocast(device_type=patch_emb.device.type, enabled=False):
+        patches = patch_emb.to(dtype)
+        tokens = token_emb.to(dtype)
+        scale = torch.as_tensor(logit_scale, device=patch_emb.device).to(dtype)
+        layout = row_layout(patches.shape[0], patches.device)
+        all_patches = gather_with_grad(patches, layout)
+        window = image_window(layout.offset, layout.local_size, layout.global_size, negatives, patches.device)
+        candidates = all_patches[window]  # [B, J, P, D]
+        weights = alignment_weights(torch.einsum("bld,bjpd->bljp", tokens, candidates), threshold)
+        grouped = F.normalize(torch.einsum("bljp,bjpd->bljd", weights, candidates), dim=-1)
+        logits = scale * torch.einsum("bld,bljd->blj", tokens, grouped)
+        per_token = torch.logsumexp(logits, dim=-1) - logits[..., 0]
+        return _global_token_mean(per_token, valid)

@@ -1,7 +1,8 @@
 """W gloo processes == 1 process on the concatenated batch: losses (mean over ranks) and every gradient.
 
 One spawn per world size runs every case (each SIA mode × similarity source, unequal rows per rank,
-STA with unequal empty reports, the full SistaLoss with centring) and the parent compares.
+STA with unequal empty reports, STA's cross-image term with windows that cross rank boundaries, the
+full SistaLoss with centring and the cross-image term) and the parent compares.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.losses import LossConfig, LossWeights, SiaConfig, SistaLoss, StaConfig, sia_terms, sta_loss
+from pipeline.losses.sta import sta_image_loss
 
 N, FEAT, D, P, L = 12, 10, 8, 6, 5
 MODES = ("eliminate", "multi_positive", "soft")
@@ -70,7 +72,7 @@ class TinyHeads(nn.Module):
 
 
 def cases() -> list[str]:
-    return [f"sia:{m}:{s}" for m in MODES for s in SOURCES] + ["sia_unequal", "sta", "sista_loss"]
+    return [f"sia:{m}:{s}" for m in MODES for s in SOURCES] + ["sia_unequal", "sta", "sta_image", "sta_image_unequal", "sista_loss"]
 
 
 def unequal_sizes(world: int) -> list[int]:
@@ -91,13 +93,16 @@ def run_case(case: str, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, di
         loss, eliminated = terms.loss, float(terms.eliminated_per_row)
     elif case == "sta":
         loss, _ = sta_loss(image.patch_emb, text.token_emb, text.token_mask, scales["sta"])
+    elif case.startswith("sta_image"):
+        negatives = N - 1 if case == "sta_image_unequal" else 5  # 5 > rows per rank: windows span ranks
+        loss = sta_image_loss(image.patch_emb, text.token_emb, text.token_mask, scales["sta"], negatives=negatives)
     else:
         cfg = LossConfig(
             preset="sista",
             weights=LossWeights(sia=1.0, sta=0.5),
             sia=SiaConfig(mode="soft", similarity_source="precomputed", threshold=0.9, centering=True,
                           centering_momentum=0.9, warn_eliminated_fraction=1.0, **SOFT),
-            sta=StaConfig(token_unit="subword", threshold=None),
+            sta=StaConfig(token_unit="subword", threshold=None, image_negatives=4, image_negatives_weight=0.7),
         )
         loss = SistaLoss(cfg)(image, text, scales, report_emb=data["report"])["loss"]
     loss.backward()
@@ -115,7 +120,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         data = global_data()
         results = {}
         for case in cases():
-            sizes = unequal_sizes(world) if case == "sia_unequal" else [N // world] * world
+            sizes = unequal_sizes(world) if case.endswith("_unequal") else [N // world] * world
             start = sum(sizes[:rank])
             results[case] = run_case(case, rows_of(data, start, start + sizes[rank]))
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))

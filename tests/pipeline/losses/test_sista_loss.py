@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import config_from_dict, load_yaml_tree
-from pipeline.losses import LossConfig, SistaLoss, sia_loss, sta_loss
+from pipeline.losses import LossConfig, SistaLoss, StaConfig, sia_loss, sta_loss
+from pipeline.losses.sta import sta_image_loss
 
 B, P, L, D = 6, 5, 4, 8
 
@@ -70,6 +71,29 @@ def test_weights_and_diagnostics(base_cfg, features):
     assert 0 < out["sta_sparsity"].item() < 1
     assert out["temperature_sia"].item() == pytest.approx(1 / 14)
     assert out["temperature_sta"].item() == pytest.approx(1 / 20)
+
+
+def test_cross_image_term_is_one_switch_inside_sta(base_cfg, features):
+    image, text, report, scales = features
+    assert base_cfg.sta.image_negatives == 0  # off by default (SPARC's within-sample contrast only)
+    off = SistaLoss(with_preset(base_cfg, "sta_only"))(image, text, scales, report_emb=report)
+    assert "sta_image_loss" not in off and torch.equal(off["sta_loss"], off["sta_token_loss"])
+    sta = dataclasses.replace(base_cfg.sta, image_negatives=3, image_negatives_weight=0.5)
+    cfg = dataclasses.replace(with_preset(base_cfg, "sta_only"), sta=sta)
+    out = SistaLoss(cfg)(image, text, scales, report_emb=report)
+    expected = sta_image_loss(image.patch_emb, text.token_emb, text.token_mask, scales["sta"], negatives=3)
+    torch.testing.assert_close(out["sta_image_loss"], expected)
+    torch.testing.assert_close(out["sta_token_loss"], off["sta_token_loss"])
+    torch.testing.assert_close(out["sta_loss"], off["sta_token_loss"] + 0.5 * expected)
+    torch.testing.assert_close(out["loss"], out["sia_loss"] + out["sta_loss"])
+    clip = SistaLoss(dataclasses.replace(cfg, preset="clip"))(image, text, scales, report_emb=report)
+    assert "sta_image_loss" not in clip and clip["sta_loss"].item() == 0.0  # STA off switches it off too
+
+
+@pytest.mark.parametrize("bad", [{"image_negatives": -1}, {"image_negatives": 2.5}, {"image_negatives_weight": -0.1}])
+def test_cross_image_options_are_checked(bad):
+    with pytest.raises(ValueError, match="sta.image_negatives"):
+        StaConfig(token_unit="subword", **bad)
 
 
 def test_centering_auto_and_ema(base_cfg, features):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pipeline.losses import alignment_weights, sta_loss, sta_terms
-from pipeline.losses.reference import sta_loop_reference
+from pipeline.losses.reference import sta_image_loop_reference, sta_loop_reference
+from pipeline.losses.sta import image_window, sta_image_loss
 
 B, L, P, D = 4, 7, 9, 16
 
@@ -118,3 +121,57 @@ def test_shape_errors_are_clear(batch):
     patches, tokens, mask, scale = batch
     with pytest.raises(ValueError, match="token_mask"):
         sta_loss(patches, tokens, mask[:, :3], scale)
+
+
+@pytest.mark.parametrize(("negatives", "threshold"), [(1, None), (2, 0.35), (3, None), (50, None)])
+def test_image_term_matches_loop_reference_loss_and_grads(batch, negatives, threshold):
+    patches, tokens, mask, scale = batch
+    loss = sta_image_loss(patches, tokens, mask, scale, negatives=negatives, threshold=threshold)
+    ref = sta_image_loop_reference(patches, tokens, mask, scale, negatives=negatives, threshold=threshold)
+    torch.testing.assert_close(loss, ref, rtol=0, atol=1e-12)
+    grads = torch.autograd.grad(loss, (patches, tokens, scale))
+    ref_grads = torch.autograd.grad(ref, (patches, tokens, scale))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-11)
+    assert patches.grad is None and grads[0][1:3].abs().sum() > 0, "other images get gradient"
+
+
+def test_image_term_window_is_cyclic_and_capped_at_the_batch():
+    torch.testing.assert_close(image_window(2, 2, 4, 2, torch.device("cpu")), torch.tensor([[2, 3, 0], [3, 0, 1]]))
+    assert image_window(0, 3, 3, 99, torch.device("cpu")).shape == (3, 3)  # K' = N - 1
+    assert image_window(0, 1, 1, 5, torch.device("cpu")).tolist() == [[0]]
+
+
+def test_image_term_is_blind_to_content_free_slots():
+    """Identical images give every candidate the same grouping: the loss is log(K+1), whatever the tokens."""
+    g = torch.Generator().manual_seed(3)
+    image = unit(torch.randn(1, P, D, generator=g, dtype=torch.float64))
+    patches = image.expand(B, P, D).clone().requires_grad_()
+    tokens = unit(torch.randn(B, L, D, generator=g, dtype=torch.float64))
+    loss = sta_image_loss(patches, tokens, torch.ones(B, L, dtype=torch.bool), 30.0, negatives=3)
+    assert loss.item() == pytest.approx(math.log(4.0), abs=1e-12)
+    # ... while images that each hold their own token's direction in one patch win their tokens
+    distinct = patches.detach().clone()
+    distinct[:, 0] = tokens[:, 0]
+    own = sta_image_loss(distinct, tokens[:, :1], torch.ones(B, 1, dtype=torch.bool), 30.0, negatives=3)
+    assert own.item() < 0.5 * loss.item()
+
+
+def test_image_term_empty_reports_and_bad_negatives(batch):
+    patches, tokens, _, scale = batch
+    empty = sta_image_loss(patches, tokens, torch.zeros(B, L, dtype=torch.bool), scale, negatives=2)
+    assert empty.item() == 0.0
+    assert all(torch.isfinite(x).all() for x in torch.autograd.grad(empty, (patches, tokens)))
+    single = sta_image_loss(patches[:1], tokens[:1], torch.ones(1, L, dtype=torch.bool), scale, negatives=4)
+    assert single.item() == pytest.approx(0.0, abs=1e-12)  # a batch of one has no other image
+    with pytest.raises(ValueError, match="negatives"):
+        sta_image_loss(patches, tokens, torch.ones(B, L, dtype=torch.bool), scale, negatives=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_image_term_half_precision_is_finite(batch, dtype):
+    patches, tokens, mask, _ = batch
+    patches_h = patches.detach().to(dtype).requires_grad_()
+    loss = sta_image_loss(patches_h, tokens.detach().to(dtype), mask, torch.tensor(100.0, dtype=dtype), negatives=3)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isfinite(patches_h.grad).all()
