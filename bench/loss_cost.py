@@ -2,7 +2,8 @@
 
 1. STA vectorised vs the per-sample, per-token loop reference (forward + backward), B=64, L=112,
    P=196; the loop reference runs on a subset of samples and is scaled linearly (its cost is a sum
-   over samples), and a second baseline loops the vectorised code over samples one by one.
+   over samples), and a second baseline loops the vectorised code over samples one by one; then
+   STA's optional cross-image term (``loss.sta.image_negatives`` K) against the within-sample term.
 2. A full training step (forward + backward, ViT-B/16 at 224 px + 6-layer BERT, B=16, bf16
    autocast on CPU) with the ``sista`` preset vs the ``clip`` preset, plus the losses alone.
 3. SIA memory per device vs global batch N at fixed B: bytes kept for backward on rank 0 of W
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import config_from_dict, load_yaml_tree  # noqa: E402
 from pipeline.losses import LossConfig, SistaLoss, sia_terms, sta_loss  # noqa: E402
 from pipeline.losses.reference import sta_loop_reference  # noqa: E402
+from pipeline.losses.sta import sta_image_loss  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,8 +67,9 @@ def unit(*shape: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- 1. STA vectorised vs loop
 
 
-def bench_sta(batch: int, length: int, patches: int, dim: int, loop_samples: int) -> dict[str, float]:
-    """Seconds per batch (fwd + bwd) of vectorised STA, the loop reference (scaled), a per-sample loop."""
+def bench_sta(batch: int, length: int, patches: int, dim: int, loop_samples: int,
+              image_negatives: list[int]) -> dict[str, float]:
+    """Seconds per batch (fwd + bwd) of vectorised STA, the loop reference (scaled), a per-sample loop, the cross-image term."""
     torch.manual_seed(0)
     v = unit(batch, patches, dim).requires_grad_()
     t = unit(batch, length, dim).requires_grad_()
@@ -92,7 +95,10 @@ def bench_sta(batch: int, length: int, patches: int, dim: int, loop_samples: int
     reference()
     sync()
     loop = (time.perf_counter() - start) * batch / loop_samples
-    return {"vectorised_s": fast, "per_sample_loop_s": sample_loop, "loop_reference_s": loop}
+    out = {"vectorised_s": fast, "per_sample_loop_s": sample_loop, "loop_reference_s": loop}
+    for k in image_negatives:
+        out[f"image_k{k}_s"] = timed(lambda k=k: sta_image_loss(v, t, mask, 14.0, negatives=k).backward(), 3)
+    return out
 
 
 # --------------------------------------------------------------------------- 2. training step sista vs clip
@@ -201,6 +207,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loop-samples", type=int, default=2, help="samples the STA loop reference runs on")
     parser.add_argument("--steps", type=int, default=2, help="timed training steps per preset")
+    parser.add_argument("--image-negatives", type=int, nargs="*", default=[15, 31],
+                        help="K values of STA's cross-image term to time (none: skip)")
     parser.add_argument("--skip-step", action="store_true", help="skip the (slow) ViT-B training step")
     parser.add_argument("--skip-memory", action="store_true", help="skip the multi-process SIA memory measurement")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the memory measurement always runs on CPU)")
@@ -211,11 +219,14 @@ def main() -> None:
     where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}")
 
-    sta = bench_sta(64, 112, 196, 128, args.loop_samples)
+    sta = bench_sta(64, 112, 196, 128, args.loop_samples, args.image_negatives)
     print("\n[1] STA, B=64 L=112 P=196 D=128, forward+backward per batch")
     print(f"    vectorised            {sta['vectorised_s'] * 1e3:9.1f} ms")
     print(f"    per-sample loop       {sta['per_sample_loop_s'] * 1e3:9.1f} ms   ratio {sta['per_sample_loop_s'] / sta['vectorised_s']:6.1f}x")
     print(f"    loop reference (x{64 // args.loop_samples} of {args.loop_samples} samples) {sta['loop_reference_s']:7.1f} s    ratio {sta['loop_reference_s'] / sta['vectorised_s']:6.0f}x  (target >= 20x)")
+    for k in args.image_negatives:
+        cost = sta[f"image_k{k}_s"]
+        print(f"    cross-image term K={k:<3d} {cost * 1e3:9.1f} ms   = {cost / sta['vectorised_s']:5.1f}x the within-sample term")
 
     if not args.skip_step:
         step = bench_step(16, args.steps)

@@ -61,6 +61,20 @@ def _token_cross_entropy(logits: torch.Tensor, token_mask: torch.Tensor) -> torc
     return F.cross_entropy(masked.flatten(0, 1), target, reduction="none").view(batch, length)
 
 
+def _promoted(
+    patch_emb: torch.Tensor, token_emb: torch.Tensor, token_mask: torch.Tensor, logit_scale: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shape-checked (patches, tokens, valid mask, scale) in the loss's compute dtype (float32 or float64)."""
+    if patch_emb.ndim != 3 or token_emb.ndim != 3 or token_mask.shape != token_emb.shape[:2]:
+        raise ValueError(
+            f"sta expects patch_emb [B, P, D], token_emb [B, L, D], token_mask [B, L]; got "
+            f"{tuple(patch_emb.shape)}, {tuple(token_emb.shape)}, {tuple(token_mask.shape)}"
+        )
+    dtype = compute_dtype(patch_emb, token_emb)
+    scale = torch.as_tensor(logit_scale, device=patch_emb.device).to(dtype)
+    return patch_emb.to(dtype), token_emb.to(dtype), token_mask.bool(), scale
+
+
 def _global_token_mean(per_token: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """This rank's share of the mean over non-empty samples (global) of the mean over valid tokens of ``per_token`` [B, L].
 
@@ -83,17 +97,8 @@ def sta_terms(
     threshold: float | None = None,
 ) -> StaTerms:
     """STA with weights and sparsity; see :func:`sta_loss` for the arguments."""
-    if patch_emb.ndim != 3 or token_emb.ndim != 3 or token_mask.shape != token_emb.shape[:2]:
-        raise ValueError(
-            f"sta expects patch_emb [B, P, D], token_emb [B, L, D], token_mask [B, L]; got "
-            f"{tuple(patch_emb.shape)}, {tuple(token_emb.shape)}, {tuple(token_mask.shape)}"
-        )
-    dtype = compute_dtype(patch_emb, token_emb)
-    valid = token_mask.bool()
     with torch.autocast(device_type=patch_emb.device.type, enabled=False):
-        patches = patch_emb.to(dtype)
-        tokens = token_emb.to(dtype)
-        scale = torch.as_tensor(logit_scale, device=patch_emb.device).to(dtype)
+        patches, tokens, valid, scale = _promoted(patch_emb, token_emb, token_mask, logit_scale)
         weights = alignment_weights(tokens @ patches.transpose(1, 2), threshold)
         grouped = F.normalize(weights @ patches, dim=-1)
         logits = scale * grouped @ tokens.transpose(1, 2)  # [b, l, k] = c_l · t_k / τ_f
@@ -155,12 +160,8 @@ def sta_image_loss(
     """
     if negatives < 1:
         raise ValueError(f"sta_image_loss needs negatives >= 1, got {negatives}")
-    dtype = compute_dtype(patch_emb, token_emb)
-    valid = token_mask.bool()
     with torch.autocast(device_type=patch_emb.device.type, enabled=False):
-        patches = patch_emb.to(dtype)
-        tokens = token_emb.to(dtype)
-        scale = torch.as_tensor(logit_scale, device=patch_emb.device).to(dtype)
+        patches, tokens, valid, scale = _promoted(patch_emb, token_emb, token_mask, logit_scale)
         layout = row_layout(patches.shape[0], patches.device)
         all_patches = gather_with_grad(patches, layout)
         window = image_window(layout.offset, layout.local_size, layout.global_size, negatives, patches.device)
