@@ -5,7 +5,8 @@
    over samples), and a second baseline loops the vectorised code over samples one by one; then
    STA's optional cross-image term (``loss.sta.image_negatives`` K) against the within-sample term.
 2. A full training step (forward + backward, ViT-B/16 at 224 px + 6-layer BERT, B=16, bf16
-   autocast on CPU) with the ``sista`` preset vs the ``clip`` preset, plus the losses alone.
+   autocast on CPU) with the ``sista`` preset (with and without STA's cross-image term) vs the
+   ``clip`` preset, plus the losses alone.
 3. SIA memory per device vs global batch N at fixed B: bytes kept for backward on rank 0 of W
    gloo processes (W = 1, 2, 4, 8), i.e. O(B·N).
 
@@ -104,8 +105,12 @@ def bench_sta(batch: int, length: int, patches: int, dim: int, loop_samples: int
 # --------------------------------------------------------------------------- 2. training step sista vs clip
 
 
+# The losses timed in a training step: two presets, and sista with STA's cross-image term.
+VARIANTS = ("clip", "sista", "sista+image")
+
+
 def bench_step(batch: int, steps: int) -> dict[str, float]:
-    """Seconds per training step (fwd + bwd, bf16 autocast) for the clip and sista presets, interleaved."""
+    """Seconds per training step (fwd + bwd, bf16 autocast) for each of ``VARIANTS``, interleaved."""
     from pipeline.models import ModelConfig
     from pipeline.models.image_encoder import ImageEncoder
     from pipeline.models.sista_model import SistaModel
@@ -119,10 +124,12 @@ def bench_step(batch: int, steps: int) -> dict[str, float]:
     text = TextEncoder(cfg.text, special_token_ids=[0, 101, 102])  # BERT-base widths, 6 layers, random
     model = SistaModel(cfg, ImageEncoder(cfg.image), text).to(DEVICE).train()
     losses = {}
-    for preset in ("clip", "sista"):
-        loss_tree = dict(tree["loss"], preset=preset)
+    for name in VARIANTS:
+        loss_tree = dict(tree["loss"], preset=name.split("+")[0])
         loss_tree["sia"] = dict(loss_tree["sia"], similarity_source="precomputed")
-        losses[preset] = SistaLoss(config_from_dict(LossConfig, loss_tree, "bench"), report_pooling="mean")
+        if name.endswith("+image"):  # every other image of the batch as a negative
+            loss_tree["sta"] = dict(loss_tree["sta"], image_negatives=batch - 1)
+        losses[name] = SistaLoss(config_from_dict(LossConfig, loss_tree, "bench"), report_pooling="mean")
     images = torch.randn(batch, 3, 224, 224, device=DEVICE)
     ids = torch.randint(1000, 28000, (batch, 112), device=DEVICE)
     ids[:, 0], ids[:, -1] = 101, 102
@@ -141,11 +148,12 @@ def bench_step(batch: int, steps: int) -> dict[str, float]:
         sync()
         return time.perf_counter() - start
 
-    step("clip"), step("sista")  # warm-up
-    times = {"clip": [], "sista": []}
+    times = {name: [] for name in VARIANTS}
+    for name in VARIANTS:
+        step(name)  # warm-up
     for _ in range(steps):
-        for preset in ("clip", "sista"):
-            times[preset].append(step(preset))
+        for name in VARIANTS:
+            times[name].append(step(name))
 
     # the losses alone on the same feature shapes (fwd + bwd through the loss only)
     with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
@@ -160,12 +168,9 @@ def bench_step(batch: int, steps: int) -> dict[str, float]:
             out = losses[preset](img, txt, scales, report_emb=report)
         out["loss"].backward()
 
-    return {
-        "clip_step_s": statistics.median(times["clip"]),
-        "sista_step_s": statistics.median(times["sista"]),
-        "clip_loss_s": timed(lambda: loss_only("clip"), 10),
-        "sista_loss_s": timed(lambda: loss_only("sista"), 10),
-    }
+    out = {f"{name}_step_s": statistics.median(times[name]) for name in VARIANTS}
+    out.update({f"{name}_loss_s": timed(lambda name=name: loss_only(name), 10) for name in VARIANTS})
+    return out
 
 
 # --------------------------------------------------------------------------- 3. SIA memory vs N
@@ -235,6 +240,10 @@ def main() -> None:
         print(f"\n[2] training step, ViT-B/16 224 px + 6-layer BERT, B=16, bf16 autocast, {DEVICE.type}")
         print(f"    clip step  {step['clip_step_s']:7.2f} s     sista step {step['sista_step_s']:7.2f} s     overhead {100 * over_step:+.1f}% (target <= 10%)")
         print(f"    losses alone: clip {step['clip_loss_s'] * 1e3:.1f} ms, sista {step['sista_loss_s'] * 1e3:.1f} ms -> SISTA's extra loss cost = {100 * over_loss:.2f}% of the clip step")
+        over_image = (step["sista+image_step_s"] - step["clip_step_s"]) / step["clip_step_s"]
+        image_loss = (step["sista+image_loss_s"] - step["clip_loss_s"]) / step["clip_step_s"]
+        print(f"    sista + cross-image term (K=15): step {step['sista+image_step_s']:7.2f} s, overhead {100 * over_image:+.1f}%;"
+              f" losses alone {step['sista+image_loss_s'] * 1e3:.1f} ms -> {100 * image_loss:.2f}% of the clip step")
 
     if args.skip_memory:
         return

@@ -24,14 +24,14 @@ def _tokenizer() -> BertTokenizerFast:
     return BertTokenizerFast(vocab=vocab)
 
 
-def _setup(dropout: float):
+def _setup(dropout: float, *overrides: str):
     """A float64 tiny model (ViT 32 px, 2-layer BERT), the SISTA loss and a batch of 8."""
     from pipeline.models import build_model
 
     cfg = load_config(PretrainConfig, REPO / "configs/pretrain/tiny.yaml", [
         "model.image.img_size=32", "data.manifest=unused", "loss.sia.threshold=0.5",
         f"model.text.tiny.hidden_dropout_prob={dropout}", f"model.text.tiny.attention_probs_dropout_prob={dropout}",
-        "model.text.tiny.vocab_size=16", "model.text.max_length=8",
+        "model.text.tiny.vocab_size=16", "model.text.max_length=8", *overrides,
     ])
     tok = _tokenizer()
     torch.manual_seed(0)
@@ -67,12 +67,17 @@ def _step(model, loss, encode, micro):
     return out, _grads(model)
 
 
-def test_two_micro_batches_of_four_equal_one_batch_of_eight():
-    """Loss and every gradient (temperatures included, counted once) match in float64."""
-    model, loss, encode, batch = _setup(dropout=0.0)
+@pytest.mark.parametrize("image_negatives", [0, 5])
+def test_two_micro_batches_of_four_equal_one_batch_of_eight(image_negatives):
+    """Loss and every gradient (temperatures included, counted once) match in float64.
+
+    With STA's cross-image term (K = 5) a token's negatives lie in the other micro-batch too.
+    """
+    model, loss, encode, batch = _setup(0.0, f"loss.sta.image_negatives={image_negatives}")
     full, g_full = _step(model, loss, encode, [batch])
     accum, g_accum = _step(model, loss, encode, _split(batch, 2))
     assert torch.allclose(full.terms["loss"], accum.terms["loss"], rtol=0, atol=1e-12)
+    assert ("sta_image_loss" in full.terms) == (image_negatives > 0)
     assert float(full.terms["fn_eliminated_per_row"]) > 0  # SIA really eliminated something
     assert set(g_full) == set(g_accum) and any("log_scale" in n for n in g_full)
     for name in g_full:
@@ -81,7 +86,7 @@ def test_two_micro_batches_of_four_equal_one_batch_of_eight():
 
 def test_recompute_replays_dropout():
     """With dropout on, the recompute draws the same masks as the cached pass (RNG replayed per micro-batch)."""
-    model, loss, encode, batch = _setup(dropout=0.2)
+    model, loss, encode, batch = _setup(0.2)
     micro = _split(batch, 2)
     torch.manual_seed(5)
     _, g_accum = _step(model, loss, encode, micro)
@@ -104,7 +109,7 @@ def test_recompute_replays_dropout():
 
 def test_non_finite_loss_skips_backward():
     """When the ranks agree to skip, no gradient is produced."""
-    model, loss, encode, batch = _setup(dropout=0.0)
+    model, loss, encode, batch = _setup(0.0)
     model.zero_grad(set_to_none=True)
     calls = []
     out = contrastive_step(encode, loss, _split(batch, 2), calls.append, lambda value: (True, False))
