@@ -32,9 +32,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import config_from_dict, load_yaml_tree  # noqa: E402
-from pipeline.losses import LossConfig, SistaLoss, sia_terms, sta_loss  # noqa: E402
+from pipeline.losses import LossConfig, SistaLoss, sia_terms, sta_image_loss, sta_loss  # noqa: E402
 from pipeline.losses.reference import sta_loop_reference  # noqa: E402
-from pipeline.losses.sta import sta_image_loss  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

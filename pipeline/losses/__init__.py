@@ -3,7 +3,7 @@
 from pipeline.losses.config import PRESETS, LossConfig, LossWeights, SiaConfig, StaConfig
 from pipeline.losses.sia import label_vectors, sia_loss, sia_terms
 from pipeline.losses.sista_loss import SistaLoss
-from pipeline.losses.sta import alignment_weights, sta_loss, sta_terms
+from pipeline.losses.sta import alignment_weights, sta_image_loss, sta_loss, sta_terms
 
 __all__ = [
     "PRESETS",
@@ -16,6 +16,7 @@ __all__ = [
     "label_vectors",
     "sia_loss",
     "sia_terms",
+    "sta_image_loss",
     "sta_loss",
     "sta_terms",
 ]

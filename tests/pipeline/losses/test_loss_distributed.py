@@ -17,8 +17,16 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.losses import LossConfig, LossWeights, SiaConfig, SistaLoss, StaConfig, sia_terms, sta_loss
-from pipeline.losses.sta import sta_image_loss
+from pipeline.losses import (
+    LossConfig,
+    LossWeights,
+    SiaConfig,
+    SistaLoss,
+    StaConfig,
+    sia_terms,
+    sta_image_loss,
+    sta_loss,
+)
 
 N, FEAT, D, P, L = 12, 10, 8, 6, 5
 MODES = ("eliminate", "multi_positive", "soft")

@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import config_from_dict, load_yaml_tree
-from pipeline.losses import LossConfig, SistaLoss, StaConfig, sia_loss, sta_loss
-from pipeline.losses.sta import sta_image_loss
+from pipeline.losses import LossConfig, SistaLoss, StaConfig, sia_loss, sta_image_loss, sta_loss
 
 B, P, L, D = 6, 5, 4, 8
 

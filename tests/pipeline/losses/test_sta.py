@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import alignment_weights, sta_loss, sta_terms
+from pipeline.losses import alignment_weights, sta_image_loss, sta_loss, sta_terms
 from pipeline.losses.reference import sta_image_loop_reference, sta_loop_reference
-from pipeline.losses.sta import image_window, sta_image_loss
+from pipeline.losses.sta import image_window
 
 B, L, P, D = 4, 7, 9, 16
 
