@@ -14,7 +14,7 @@ import torch
 from pipeline.dicom_pixels import WindowSettings, dicom_to_unit
 from pipeline.eval.adapters.base import ImageLoader
 
-# The sharder's default window settings (configs/data/mimic.yaml: window.*).
+# The sharder's default window settings (configs/data/mimic.yaml: window.*); a test keeps the two equal.
 EVAL_WINDOW = WindowSettings(use_file_voi=True, percentile_low=0.5, percentile_high=99.5)
 
 

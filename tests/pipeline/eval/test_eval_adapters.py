@@ -314,8 +314,24 @@ def test_phantom_downstream_chexpert(phantom_root: Path) -> None:
     assert len(test) > 0
 
 
-def test_phantom_downstream_rsna_matches_the_sharders_dicom_pipeline(phantom_root: Path) -> None:
-    from pipeline.dicom_pixels import WindowSettings, display_lut
+def sharder_window(repo_root: Path):
+    """The sharder's window settings as shipped (configs/data/mimic.yaml, ``window:``)."""
+    from pipeline.config import load_yaml_tree
+    from pipeline.dicom_pixels import WindowSettings
+
+    tree, _ = load_yaml_tree(repo_root / "configs/data/mimic.yaml")
+    return WindowSettings(**tree["window"])
+
+
+def test_evaluation_windows_dicoms_like_the_sharder(repo_root: Path) -> None:
+    """The evaluation's DICOM window is the sharder's default: an edit to one must reach the other."""
+    from pipeline.eval.adapters.dicom import EVAL_WINDOW
+
+    assert EVAL_WINDOW == sharder_window(repo_root)
+
+
+def test_phantom_downstream_rsna_matches_the_sharders_dicom_pipeline(phantom_root: Path, repo_root: Path) -> None:
+    from pipeline.dicom_pixels import display_lut
     from pipeline.dicom_pixels import read_dicom as read_ds
 
     root = phantom_root / "downstream" / "rsna"
@@ -328,7 +344,7 @@ def test_phantom_downstream_rsna_matches_the_sharders_dicom_pipeline(phantom_roo
         path = root / "stage_2_train_images" / f"{pid}.dcm"
         ds = read_ds(path)
         stored = ds.pixel_array
-        lut, offset, transform = display_lut(ds, stored, WindowSettings(True, 0.5, 99.5))
+        lut, offset, _ = display_lut(ds, stored, sharder_window(repo_root))
         reference = lut[stored.astype(np.int64) + offset]
         ours = read_dicom(path)[0].numpy()
         np.testing.assert_array_equal(ours, reference)  # one display chain for sharding and evaluation
