@@ -44,7 +44,7 @@ def grounding_grid(examples: list[dict], path: Path, title: str) -> Path:
     axes[0][1].set_title("phrase")
     axes[0][2].set_title("STA alignment map")
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (3 * rows)))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / (3 * rows)))  # 0.6 in above the column titles for the suptitle
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
