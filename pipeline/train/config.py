@@ -46,6 +46,8 @@ class EngineConfig:
     precision: Literal["fp32", "bf16", "fp16"]
     device: Literal["auto", "cpu", "cuda"]
     compile: bool  # torch.compile both encoders in place (ZeRO-1/2 only): fewer kernel launches on GPUs
+    # torch.compile's mode; "reduce-overhead" also replays each compiled graph as one CUDA graph (GPU only)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
 
 
 @dataclass

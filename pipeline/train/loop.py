@@ -51,10 +51,13 @@ def _to_device(batch: dict[str, Any], device: torch.device, image_dtype: torch.d
     return out
 
 
-def _float_features(features: Any) -> Any:
-    """Feature dataclass with floating tensors in fp32 (the loss always runs in fp32)."""
+def _float_features(features: Any, copy: bool = False) -> Any:
+    """Feature dataclass with floating tensors in fp32 (the loss always runs in fp32); ``copy``: never aliased."""
+    def convert(x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.float32, copy=copy)
+
     return dataclasses.replace(features, **{
-        f.name: getattr(features, f.name).float() for f in dataclasses.fields(features)
+        f.name: convert(getattr(features, f.name)) for f in dataclasses.fields(features)
         if isinstance(getattr(features, f.name), torch.Tensor) and getattr(features, f.name).is_floating_point()
     })
 
@@ -114,6 +117,10 @@ class Trainer:
         self.loss_fn = SistaLoss(cfg.loss, _report_pooling(cfg)).to(self.device)
         self.collator = Collator(self.tokenizer, cfg.model.text.max_length)
         self.image_dtype = PRECISION_DTYPES[cfg.engine.precision]
+        # CUDA-graph replays reuse their output memory: each forward starts a new graph step, and the
+        # features it returns are copied out so the cached ones of gradient accumulation stay valid.
+        self.cuda_graphs = (cfg.engine.compile and self.device.type == "cuda"
+                            and cfg.engine.compile_mode in ("reduce-overhead", "max-autotune"))
         self.tracker = Tracker(cfg.tracking, self.run_dir, self.is_main)
         self.stop = StopRequest()
         self.guard = BadStepGuard(cfg.faults.max_consecutive_bad_steps)
@@ -126,8 +133,11 @@ class Trainer:
 
     def _encode(self, batch: dict[str, Any]):
         word_ids = batch["word_ids"] if self.cfg.loss.sta.token_unit == "word" else None
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         image, text, scales = self.engine(batch["images"], batch["input_ids"], batch["attention_mask"], word_ids)
-        return _float_features(image), _float_features(text), {k: v.float() for k, v in scales.items()}
+        return (_float_features(image, copy=self.cuda_graphs), _float_features(text, copy=self.cuda_graphs),
+                {k: v.float() for k, v in scales.items()})
 
     def _loss(self, step: int):
         faults = self.cfg.faults

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from train_helpers import REPO, TINY, tiny_overrides
 
-from pipeline.config import load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.data import ShardError
 from pipeline.train.checkpoint import (
     COMPLETE,
@@ -222,7 +222,7 @@ def test_configs_resolve():
         assert cfg.data.transform.channels == cfg.model.image.in_chans
 
 
-def test_compile_is_refused_under_zero3_and_keeps_parameter_names():
+def test_compile_is_refused_under_zero3_and_keeps_parameter_names(monkeypatch):
     class Both(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -232,5 +232,17 @@ def test_compile_is_refused_under_zero3_and_keeps_parameter_names():
     names = [n for n, _ in model.named_parameters()]
     with pytest.raises(ValueError, match="ZeRO stage 1 or 2"):
         compile_encoders(model, {"zero_optimization": {"stage": 3}})
-    compile_encoders(model, {"zero_optimization": {"stage": 2}})
+    x = torch.randn(4, 3)
+    expected = model.image_encoder(x)
+    modes, real_compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: modes.append(kw.get("mode")) or real_compile(fn, **kw))
+    compile_encoders(model, {"zero_optimization": {"stage": 2}}, mode="reduce-overhead")
+    assert modes == ["reduce-overhead", "reduce-overhead"]
     assert [n for n, _ in model.named_parameters()] == names  # checkpoints and export unaffected
+    torch.testing.assert_close(model.image_encoder(x), expected)  # on the CPU the mode runs without CUDA graphs
+
+
+def test_compile_mode_is_checked_by_the_config():
+    with pytest.raises(ConfigError, match="engine.compile_mode"):
+        load_config(PretrainConfig, REPO / "configs" / "pretrain" / "base.yaml",
+                    ["data.manifest=m.json", "engine.compile_mode=reduce_overhead"])
