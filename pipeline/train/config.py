@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pipeline.data import DataConfig
 from pipeline.losses import LossConfig
@@ -48,6 +48,8 @@ class EngineConfig:
     compile: bool  # torch.compile both encoders in place (ZeRO-1/2 only): fewer kernel launches on GPUs
     # torch.compile's mode; "reduce-overhead" also replays each compiled graph as one CUDA graph (GPU only)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # merged into the JSON (e.g. zero_optimization.reduce_bucket_size); keys the trainer fills are refused
+    deepspeed_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -26,10 +26,31 @@ def find_config_file(path: str) -> Path:
     raise FileNotFoundError(f"engine.deepspeed_config: {path} not found (looked in . and {REPO_ROOT})")
 
 
+# What the trainer fills from the YAML config (one source of truth: the YAML, not the JSON).
+TRAINER_FILLED_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
+                       "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler")
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, mappings recursively (neither argument is changed)."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def deepspeed_config(cfg: PretrainConfig, world_size: int, device_type: str) -> dict[str, Any]:
-    """The ZeRO JSON of ``engine.deepspeed_config`` with batch sizes, precision, clipping and AdamW filled in."""
+    """``engine.deepspeed_config`` merged with ``engine.deepspeed_overrides``; batches, precision, AdamW filled in."""
     ds = json.loads(find_config_file(cfg.engine.deepspeed_config).read_text())
     ds = {k: v for k, v in ds.items() if not k.startswith("_")}
+    filled = sorted(set(cfg.engine.deepspeed_overrides) & set(TRAINER_FILLED_KEYS))
+    if filled:
+        raise ValueError(f"engine.deepspeed_overrides: {filled} are set by the trainer from the YAML config "
+                         "(data.batch_size, optim.*, engine.precision); set them there")
+    ds = _deep_merge(ds, cfg.engine.deepspeed_overrides)
     micro, accum = cfg.data.batch_size, cfg.optim.accumulation_steps
     if device_type == "cpu" and "zero_optimization" in ds:
         # The CPU accelerator has no streams to overlap on; its async reductions only add ordering risk.

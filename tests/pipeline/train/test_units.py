@@ -77,6 +77,21 @@ def test_deepspeed_config_is_filled_from_yaml():
     assert ds["zero_optimization"]["stage"] == 2
 
 
+def test_deepspeed_overrides_merge_into_the_json_and_cannot_take_trainer_keys():
+    """engine.deepspeed_overrides deep-merges into the JSON; keys the trainer fills from the YAML are refused."""
+    cfg = load_config(PretrainConfig, TINY, [
+        "data.manifest=x", "engine.deepspeed_overrides.zero_optimization.reduce_bucket_size=500000000",
+        "engine.deepspeed_overrides.zero_optimization.overlap_comm=true", "engine.deepspeed_overrides.steps_per_print=7"])
+    ds = deepspeed_config(cfg, world_size=2, device_type="cuda")
+    zero = ds["zero_optimization"]
+    assert (zero["stage"], zero["reduce_bucket_size"], zero["overlap_comm"], ds["steps_per_print"]) == (2, 500000000, True, 7)
+    assert zero["contiguous_gradients"]  # the JSON's other keys stay
+    assert not deepspeed_config(cfg, world_size=2, device_type="cpu")["zero_optimization"]["overlap_comm"]
+    bad = load_config(PretrainConfig, TINY, ["data.manifest=x", "engine.deepspeed_overrides.train_batch_size=64"])
+    with pytest.raises(ValueError, match=r"\['train_batch_size'\] are set by the trainer"):
+        deepspeed_config(bad, world_size=2, device_type="cpu")
+
+
 def test_resume_point_ignores_incomplete_and_prune_keeps_last(tmp_path):
     """latest = newest folder with the completion marker; pruning keeps the last K complete ones."""
     for step, done in ((2, True), (4, True), (6, True), (8, False)):
