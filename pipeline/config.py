@@ -95,6 +95,13 @@ def _merge(
                 _record_origins(value, origins, origin, dotted + ".")
 
 
+def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """A copy of ``base`` with ``extra`` deep-merged in (``origin`` names ``extra`` in errors)."""
+    merged = _copy_tree(base)
+    _merge(merged, extra, {}, origin)
+    return merged
+
+
 def _copy_tree(value: Any) -> Any:
     """A deep copy of plain YAML data (dicts and lists)."""
     if isinstance(value, Mapping):
@@ -366,6 +373,7 @@ __all__ = [
     "apply_overrides",
     "config_from_args",
     "config_from_dict",
+    "deep_merge",
     "flatten",
     "load_config",
     "load_yaml_tree",

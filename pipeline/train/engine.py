@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.config import deep_merge
 from pipeline.train.config import PretrainConfig
 
 log = logging.getLogger(__name__)
@@ -31,17 +32,6 @@ TRAINER_FILLED_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_
                        "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler")
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``extra`` merged in, mappings recursively (neither argument is changed)."""
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def deepspeed_config(cfg: PretrainConfig, world_size: int, device_type: str) -> dict[str, Any]:
     """``engine.deepspeed_config`` merged with ``engine.deepspeed_overrides``; batches, precision, AdamW filled in."""
     ds = json.loads(find_config_file(cfg.engine.deepspeed_config).read_text())
@@ -50,7 +40,7 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int, device_type: str) -> 
     if filled:
         raise ValueError(f"engine.deepspeed_overrides: {filled} are set by the trainer from the YAML config "
                          "(data.batch_size, optim.*, engine.precision); set them there")
-    ds = _deep_merge(ds, cfg.engine.deepspeed_overrides)
+    ds = deep_merge(ds, cfg.engine.deepspeed_overrides, "engine.deepspeed_overrides")
     micro, accum = cfg.data.batch_size, cfg.optim.accumulation_steps
     if device_type == "cpu" and "zero_optimization" in ds:
         # The CPU accelerator has no streams to overlap on; its async reductions only add ordering risk.
