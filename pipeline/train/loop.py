@@ -53,11 +53,8 @@ def _to_device(batch: dict[str, Any], device: torch.device, image_dtype: torch.d
 
 def _float_features(features: Any, copy: bool = False) -> Any:
     """Feature dataclass with floating tensors in fp32 (the loss always runs in fp32); ``copy``: never aliased."""
-    def convert(x: torch.Tensor) -> torch.Tensor:
-        return x.to(torch.float32, copy=copy)
-
     return dataclasses.replace(features, **{
-        f.name: convert(getattr(features, f.name)) for f in dataclasses.fields(features)
+        f.name: getattr(features, f.name).to(torch.float32, copy=copy) for f in dataclasses.fields(features)
         if isinstance(getattr(features, f.name), torch.Tensor) and getattr(features, f.name).is_floating_point()
     })
 
