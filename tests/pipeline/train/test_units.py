@@ -261,3 +261,23 @@ def test_compile_mode_is_checked_by_the_config():
     with pytest.raises(ConfigError, match="engine.compile_mode"):
         load_config(PretrainConfig, REPO / "configs" / "pretrain" / "base.yaml",
                     ["data.manifest=m.json", "engine.compile_mode=reduce_overhead"])
+
+
+def test_float_features_copy_never_aliases_the_encoder_output():
+    """CUDA-graph runs copy features out of graph-owned memory; otherwise fp32 features pass through as they are."""
+    from dataclasses import dataclass
+
+    from pipeline.train.loop import _float_features
+
+    @dataclass
+    class Features:
+        emb: torch.Tensor
+        mask: torch.Tensor
+
+    fp32 = Features(torch.randn(2, 3), torch.ones(2, dtype=torch.bool))
+    assert _float_features(fp32).emb is fp32.emb
+    copied = _float_features(fp32, copy=True)
+    assert copied.emb.data_ptr() != fp32.emb.data_ptr() and torch.equal(copied.emb, fp32.emb)
+    assert copied.mask is fp32.mask  # not floating: untouched
+    bf16 = _float_features(Features(torch.randn(2, 3, dtype=torch.bfloat16), fp32.mask))
+    assert bf16.emb.dtype == torch.float32
