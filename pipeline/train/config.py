@@ -38,6 +38,11 @@ class ScheduleConfig:
     max_steps: Optional[int] = None  # stop (and end the schedule) after this many steps
 
 
+# The DeepSpeed keys the trainer fills from this config (one source of truth: the YAML, not the JSON).
+TRAINER_FILLED_DEEPSPEED_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
+                                 "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler")
+
+
 @dataclass
 class EngineConfig:
     """DeepSpeed: the JSON file of the ZeRO stage and the precision."""
@@ -50,6 +55,12 @@ class EngineConfig:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     # merged into the JSON (e.g. zero_optimization.reduce_bucket_size); keys the trainer fills are refused
     deepspeed_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        filled = sorted(set(self.deepspeed_overrides) & set(TRAINER_FILLED_DEEPSPEED_KEYS))
+        if filled:
+            raise ValueError(f"engine.deepspeed_overrides: {filled} are set by the trainer from the YAML config "
+                             "(data.batch_size, optim.*, schedule.*, engine.precision); set them there")
 
 
 @dataclass

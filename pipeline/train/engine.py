@@ -27,19 +27,10 @@ def find_config_file(path: str) -> Path:
     raise FileNotFoundError(f"engine.deepspeed_config: {path} not found (looked in . and {REPO_ROOT})")
 
 
-# What the trainer fills from the YAML config (one source of truth: the YAML, not the JSON).
-TRAINER_FILLED_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
-                       "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler")
-
-
 def deepspeed_config(cfg: PretrainConfig, world_size: int, device_type: str) -> dict[str, Any]:
     """``engine.deepspeed_config`` merged with ``engine.deepspeed_overrides``; batches, precision, AdamW filled in."""
     ds = json.loads(find_config_file(cfg.engine.deepspeed_config).read_text())
     ds = {k: v for k, v in ds.items() if not k.startswith("_")}
-    filled = sorted(set(cfg.engine.deepspeed_overrides) & set(TRAINER_FILLED_KEYS))
-    if filled:
-        raise ValueError(f"engine.deepspeed_overrides: {filled} are set by the trainer from the YAML config "
-                         "(data.batch_size, optim.*, engine.precision); set them there")
     ds = deep_merge(ds, cfg.engine.deepspeed_overrides, "engine.deepspeed_overrides")
     micro, accum = cfg.data.batch_size, cfg.optim.accumulation_steps
     if device_type == "cpu" and "zero_optimization" in ds:
