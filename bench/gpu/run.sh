@@ -7,7 +7,8 @@
 #   bench/gpu/run.sh engine.compile=true                      # with config overrides
 #   bench/gpu/run.sh --variants "" "engine.compile=true" "engine.compile=true engine.compile_mode=reduce-overhead"
 #                                    # several settings in one call, each its own process (a failure is
-#                                    # reported and the next one runs), then one summary line per setting
+#                                    # reported, the next one runs, and the exit code is 1), then one
+#                                    # summary line per setting
 #   bench/gpu/run.sh --cpu-smoke [--variants ...]   # here: the same path with a tiny model on the CPU
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,8 +23,10 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZER
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MLFLOW_TRACKING_URI=""
 smoke=false
 if [[ "${1:-}" == "--cpu-smoke" ]]; then smoke=true; shift; fi
-variants=("$*")
-if [[ "${1:-}" == "--variants" ]]; then shift; variants=("$@"); fi
+# Without --variants the arguments are one setting, passed on as they are (a YAML list may hold spaces);
+# with it, each argument is one setting, split into overrides at spaces.
+if [[ "${1:-}" == "--variants" ]]; then shift; variants=("$@"); split=true; else variants=("$*"); split=false; fi
+single=("$@")
 
 bench_once() {  # one measurement with the overrides in "$@"
   if $smoke; then
@@ -44,18 +47,21 @@ if ! $smoke; then
   "$PY" -c "import torch, deepspeed, timm, transformers; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'timm', timm.__version__, 'transformers', transformers.__version__)"
 fi
 summary=()
+failed=0
 for variant in "${variants[@]}"; do
   echo "=== setting: ${variant:-<as configured>}"
   log=$(mktemp)
-  read -r -a overrides <<<"$variant"
+  if $split; then read -r -a overrides <<<"$variant"; else overrides=("${single[@]}"); fi
   if bench_once "${overrides[@]}" 2>&1 | tee "$log"; then
     figures=$(grep -E '^(training step alone|data \+ step|MFU|peak GPU memory)' "$log" | sed 's/ \+/ /g' | tr '\n' ';' || true)
     summary+=("${variant:-<as configured>}: ${figures}")
   else
     summary+=("${variant:-<as configured>}: FAILED (exit ${PIPESTATUS[0]}; its output is above)")
+    failed=$((failed + 1))
   fi
   rm -f "$log"
 done
 echo "=== summary"
 printf '%s\n' "${summary[@]}"
 echo "bench/gpu/run.sh total: $(( $(date +%s) - started )) s"
+[[ $failed -eq 0 ]] || { echo "bench/gpu/run.sh: $failed setting(s) failed" >&2; exit 1; }
