@@ -1,0 +1,47 @@
+"""Bit-identical per-step losses of a fixed 20-step tiny run (CPU, fp32, 2 ranks) against a recorded fixture.
+
+The fixture was recorded before the contracts redesign (issue 13); a refactor that changes any loss by
+one ulp fails here. Re-record only for an intended change of the numbers, and say why in the commit:
+``python tests/pipeline/train/test_loss_parity.py MANIFEST`` prints the fixture's JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from train_helpers import step_losses, tiny_overrides, torchrun
+
+FIXTURE = Path(__file__).parent / "fixtures" / "tiny20_losses.json"
+RUNS = {
+    "sista": {},
+    "sista_word_xneg_accum2": {"loss__sta__image_negatives": 2, "optim__accumulation_steps": 2,
+                               "model__text__token_unit": "word"},
+}
+
+
+def _run(manifest: Path, run_dir: Path, extra: dict) -> list[float]:
+    over = tiny_overrides(manifest, run_dir, schedule__max_steps=20, checkpoint__every_steps=20,
+                          checkpoint__keep_last=1, **extra)
+    result = torchrun(over, timeout=420)
+    assert result.returncode == 0, result.stderr[-4000:]
+    losses = step_losses(run_dir / "steps.jsonl")
+    assert sorted(losses) == list(range(1, 21))
+    return [losses[s][0] for s in range(1, 21)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_losses_bit_identical_to_recorded(train_manifest, tmp_path, name):
+    """The same 20-step 2-rank run gives exactly the recorded per-step losses."""
+    expected = json.loads(FIXTURE.read_text())[name]
+    assert _run(train_manifest, tmp_path / name, RUNS[name]) == expected
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print(json.dumps({n: _run(Path(sys.argv[1]), Path(tmp) / n, e) for n, e in RUNS.items()}, indent=1))
