@@ -103,6 +103,6 @@ class Objective(nn.Module):
         return ObjectiveResult(total, scalars, maps)
 
 
-def build_objective(cfg: LossConfig, report_pooling: str | None = None) -> Objective:
-    """The objective of ``cfg``; ``report_pooling`` resolves SIA's ``centering: auto``."""
-    return Objective(cfg, LossContext(report_pooling=report_pooling))
+def build_objective(cfg: LossConfig, context: LossContext | None = None) -> Objective:
+    """The objective of ``cfg``; ``context`` tells the terms about the run (e.g. how report embeddings were pooled)."""
+    return Objective(cfg, context)

@@ -41,7 +41,8 @@ class TermResult:
 class LossContext:
     """Facts about the run a term may need when it is built (not per step)."""
 
-    report_pooling: str | None = None  # how the report embeddings behind SIA's R were pooled: mean | cls
+    report_pooling: str | None = None  # how the shards' precomputed report embeddings were pooled: mean | cls
+    text_pooling: str | None = None  # how the model pools its global text embedding: mean | cls
 
 
 @dataclass

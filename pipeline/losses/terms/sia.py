@@ -42,7 +42,8 @@ class SiaOptions:
 class SIA(LossTerm):
     """SIA on the global embeddings; scalars: fn_eliminated_per_row, fn_eliminated_fraction, center_offset.
 
-    ``context.report_pooling`` ("mean" | "cls" | None) resolves ``centering: auto``. The centring offset
+    ``centering: auto`` is on when the embeddings behind R are [CLS]-pooled: ``context.report_pooling``
+    for ``precomputed`` (the shard manifest's report encoder), ``context.text_pooling`` for ``online``. The centring offset
     is an EMA kept in the buffer ``center_offset`` (NaN until the first step), identical on every rank;
     it moves only in training mode.
     """
@@ -51,7 +52,7 @@ class SIA(LossTerm):
 
     def __init__(self, options: SiaOptions, context: LossContext) -> None:
         super().__init__(options, context)
-        self.centering = self._resolve_centering(options, context.report_pooling)
+        self.centering = self._resolve_centering(options, context)
         self.register_buffer("center_offset", torch.tensor(float("nan"), dtype=torch.float64))
         self._warnings = 0
 
@@ -61,13 +62,12 @@ class SIA(LossTerm):
         return frozenset({"precomputed": {"report_emb"}, "labels": {"labels"}}.get(self.options.similarity_source, ()))
 
     @staticmethod
-    def _resolve_centering(options: SiaOptions, report_pooling: str | None) -> bool:
-        """Centring on/off after resolving ``auto`` (on for [CLS]-pooled embeddings, off for labels)."""
+    def _resolve_centering(options: SiaOptions, context: LossContext) -> bool:
+        """Centring on/off after resolving ``auto``: on when R's embeddings are [CLS]-pooled, off for labels."""
         if options.centering != "auto":
             return bool(options.centering)
-        if options.similarity_source == "labels":
-            return False
-        return report_pooling == "cls"
+        pooling = {"precomputed": context.report_pooling, "online": context.text_pooling}.get(options.similarity_source)
+        return pooling == "cls"
 
     def _update_center(self, batch_mean: torch.Tensor) -> torch.Tensor:
         """EMA update of the centring offset with this step's global mean off-diagonal similarity."""
