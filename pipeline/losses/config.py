@@ -80,7 +80,8 @@ class LossConfig:
         for name, weight in self.weights.items():
             if weight < 0:
                 raise ValueError(f"loss.weights.{name} must be >= 0, got {weight}")
-        for term in sorted(set(self.options) | {s.term for s in walk(self.terms) if s.term}):
+        listed = {s.term for s in walk(self.terms) if s.term}
+        for term in sorted(set(self.options) - listed):
             self.term_options(term)  # checks the shared options even of terms this preset leaves out
         for spec in walk(self.terms):
             if spec.term is not None:
