@@ -7,7 +7,7 @@
 2. The linear probe at 100 % of the phantom training split: our full-batch L-BFGS in torch vs
    scikit-learn's LogisticRegression (lbfgs) on the same standardised features; time and AUROC.
 
-    python bench/eval_throughput.py [--studies 300] [--images 256] [--batch-size 32]
+    python -m bench.eval_throughput [--studies 300] [--images 256] [--batch-size 32]
 
 The phantom set is generated and sharded into a temporary folder first (not timed).
 """

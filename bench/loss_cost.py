@@ -3,14 +3,14 @@
 1. STA vectorised vs the per-sample, per-token loop reference (forward + backward), B=64, L=112,
    P=196; the loop reference runs on a subset of samples and is scaled linearly (its cost is a sum
    over samples), and a second baseline loops the vectorised code over samples one by one; then
-   STA's optional cross-image term (``loss.sta.image_negatives`` K) against the within-sample term.
+   STA's optional cross-image term (``loss.options.sta_image.negatives`` K) against the within-sample term.
 2. A full training step (forward + backward, ViT-B/16 at 224 px + 6-layer BERT, B=16, bf16
    autocast on CPU) with the ``sista`` preset (with and without STA's cross-image term) vs the
    ``clip`` preset, plus the losses alone.
 3. SIA memory per device vs global batch N at fixed B: bytes kept for backward on rank 0 of W
    gloo processes (W = 1, 2, 4, 8), i.e. O(B·N).
 
-Run: ``.venv/bin/python bench/loss_cost.py`` (a few minutes on 2 CPU cores).
+Run: ``.venv/bin/python -m bench.loss_cost`` (a few minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,11 +28,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.config import config_from_dict, load_yaml_tree  # noqa: E402
-from pipeline.losses import LossConfig, SistaLoss, sia_terms, sta_image_loss, sta_loss  # noqa: E402
-from pipeline.losses.reference import sta_loop_reference  # noqa: E402
+from pipeline.config import config_from_dict, load_yaml_tree
+from pipeline.losses import (
+    LossConfig,
+    LossContext,
+    LossInputs,
+    build_objective,
+    sia_terms,
+    sta_image_loss,
+    sta_loss,
+)
+from pipeline.losses.reference import sta_loop_reference
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,11 +129,13 @@ def bench_step(batch: int, steps: int) -> dict[str, float]:
     model = SistaModel(cfg, ImageEncoder(cfg.image), text).to(DEVICE).train()
     losses = {}
     for name in VARIANTS:
-        loss_tree = dict(tree["loss"], preset=name.split("+")[0])
-        loss_tree["sia"] = dict(loss_tree["sia"], similarity_source="precomputed")
+        options = dict(tree["loss"]["options"])
+        options["sia"] = dict(options["sia"], similarity_source="precomputed")
         if name.endswith("+image"):  # every other image of the batch as a negative
-            loss_tree["sta"] = dict(loss_tree["sta"], image_negatives=batch - 1)
-        losses[name] = SistaLoss(config_from_dict(LossConfig, loss_tree, "bench"), report_pooling="mean")
+            options["sta_image"] = dict(options["sta_image"], negatives=batch - 1)
+        loss_tree = dict(tree["loss"], preset=name.split("+")[0], options=options)
+        loss_cfg = config_from_dict(LossConfig, loss_tree, "bench", section="loss")
+        losses[name] = build_objective(loss_cfg, LossContext(report_pooling="mean"))
     images = torch.randn(batch, 3, 224, 224, device=DEVICE)
     ids = torch.randint(1000, 28000, (batch, 112), device=DEVICE)
     ids[:, 0], ids[:, -1] = 101, 102
@@ -141,8 +148,8 @@ def bench_step(batch: int, steps: int) -> dict[str, float]:
         start = time.perf_counter()
         with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
             image_f, text_f = model(images, ids, attention)
-            out = losses[preset](image_f, text_f, model.logit_scales(), report_emb=report)
-        out["loss"].backward()
+            out = losses[preset](LossInputs(image_f, text_f, model.logit_scales(), report_emb=report))
+        out.loss.backward()
         model.zero_grad(set_to_none=True)
         sync()
         return time.perf_counter() - start
@@ -164,8 +171,8 @@ def bench_step(batch: int, steps: int) -> dict[str, float]:
         img = SimpleNamespace(global_emb=leaves[0], patch_emb=leaves[1])
         txt = SimpleNamespace(global_emb=leaves[2], token_emb=leaves[3], token_mask=text_f.token_mask)
         with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-            out = losses[preset](img, txt, scales, report_emb=report)
-        out["loss"].backward()
+            out = losses[preset](LossInputs(img, txt, scales, report_emb=report))
+        out.loss.backward()
 
     out = {f"{name}_step_s": statistics.median(times[name]) for name in VARIANTS}
     out.update({f"{name}_loss_s": timed(lambda name=name: loss_only(name), 10) for name in VARIANTS})

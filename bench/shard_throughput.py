@@ -1,6 +1,6 @@
 """Sharding throughput on MIMIC-sized phantom films vs the decode-bound limit, measured in one run.
 
-    python bench/shard_throughput.py [--studies 4] [--copies 2] [--image-size 512] [--repeats 3]
+    python -m bench.shard_throughput [--studies 4] [--copies 2] [--image-size 512] [--repeats 3]
         [--encodings uncompressed,jpeg2000] [--workdir DIR]
 
 Phantom studies are generated at MIMIC-CXR's real film sizes (2500-3000 px a side, 12-16 bits) and
@@ -37,23 +37,19 @@ import multiprocessing as mp
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-if not __package__:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
-import numpy as np  # noqa: E402
-import pydicom  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless  # noqa: E402
-
-from data_prep.make_phantoms import make_phantoms  # noqa: E402
-from data_prep.shard_mimic import ShardConfig, shard_mimic  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.dicom_pixels import resize_short_side, tune_allocator  # noqa: E402
+from data_prep.make_phantoms import make_phantoms
+from data_prep.shard_mimic import ShardConfig, shard_mimic
+from pipeline.config import load_config
+from pipeline.dicom_pixels import resize_short_side, tune_allocator
 
 REPO = Path(__file__).resolve().parents[1]
 MIMIC_IMAGES = 377_110

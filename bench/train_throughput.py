@@ -1,7 +1,7 @@
 """Training throughput: the data pipeline alone vs the training step alone vs both together (one process).
 
-    python bench/train_throughput.py                      # demo model on this CPU, synthetic shards
-    python bench/train_throughput.py --config configs/pretrain/demo.yaml --manifest demo_out/shards/manifest.json
+    python -m bench.train_throughput                      # demo model on this CPU, synthetic shards
+    python -m bench.train_throughput --config configs/pretrain/demo.yaml --manifest demo_out/shards/manifest.json
 
 Prints samples/s of each, the ratio data/step (below 1: data is the bottleneck), the data-wait fraction
 of the combined loop, and on a GPU the peak memory and model FLOPs utilisation (FLOPs counted with
@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0}
 
@@ -73,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import load_config
     from pipeline.data import DataPosition, build_epoch_loader
     from pipeline.train.config import PretrainConfig
-    from pipeline.train.loop import Trainer
+    from pipeline.train.faults import agree_across_ranks
+    from pipeline.train.fit import device_batch, encode
+    from pipeline.train.run import build_run
     from pipeline.train.step import contrastive_step
 
     work = Path(tempfile.mkdtemp(prefix="sista_bench_"))
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     probe = load_config(PretrainConfig, args.config, ["data.manifest=x", *overrides])
     manifest = args.manifest
     if manifest is None:
-        from synthetic_shards import write_synthetic_shards
+        from bench.synthetic_shards import write_synthetic_shards
 
         t0 = time.time()
         shard_size = max(probe.data.batch_size, args.synthetic_samples // max(8, 2 * probe.data.num_workers))
@@ -94,18 +93,23 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"data.manifest={manifest}", *overrides, "tracking.enabled=false", "checkpoint.resume=null",
                  f"run.output_dir={work}", "run.name=bench"]
     cfg = load_config(PretrainConfig, args.config, overrides)
-    trainer = Trainer(cfg)
-    device, accum, micro = trainer.device, cfg.optim.accumulation_steps, cfg.data.batch_size
+    run = build_run(cfg)
+    device, accum, micro = run.device, cfg.optim.accumulation_steps, cfg.data.batch_size
     per_step = micro * accum
     total = args.warmup + args.steps
 
     def loader():
-        return iter(build_epoch_loader(trainer.shards, cfg.data, trainer.collator, rank=0, world_size=1,
+        return iter(build_epoch_loader(run.shards, cfg.data, run.collator, rank=0, world_size=1,
                                        seed=cfg.run.seed, accumulation=accum, start=DataPosition(0),
                                        pin_memory=device.type == "cuda"))
 
+    def backward(loss):
+        run.engine.backward(loss, scale_wrt_gas=False)
+        run.engine.step()
+
     def step(batches, index):
-        return contrastive_step(trainer._encode, trainer._loss(index), batches, trainer._backward, trainer._agree)
+        return contrastive_step(lambda b: encode(run, b), run.loss, batches, backward,
+                                lambda loss: agree_across_ranks(loss, run.stop))
 
     # 1. data pipeline alone
     batches = loader()
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     data_rate = args.steps * per_step / (time.perf_counter() - t0)
 
     # 2. training step alone, on one batch already in memory
-    fixed = [trainer._device_batch(next(loader())) for _ in range(accum)]
+    fixed = [device_batch(run, next(loader())) for _ in range(accum)]
     with FlopCounterMode(display=False) as counter:
         step(fixed, 0)
     flops_per_step = counter.get_total_flops()
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             _sync(device)
             wait, t_start = 0.0, time.perf_counter()
         t0 = time.perf_counter()
-        micro_batches = [trainer._device_batch(next(batches)) for _ in range(accum)]
+        micro_batches = [device_batch(run, next(batches)) for _ in range(accum)]
         wait += time.perf_counter() - t0
         step(micro_batches, i)
     _sync(device)

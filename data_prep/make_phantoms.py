@@ -21,9 +21,6 @@ import time
 from functools import partial
 from pathlib import Path
 
-if not __package__:  # run as a script: make `data_prep` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from tqdm import tqdm
 
 from data_prep.phantom.cohort import plan_cohort

@@ -27,24 +27,21 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python data_prep/shard_mimic.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from data_prep.mimic_metadata import CHEXPERT_LABELS, list_candidates  # noqa: E402
-from data_prep.shard_config import ShardConfig, WindowConfig  # noqa: E402
-from data_prep.shard_manifest import (  # noqa: E402
+from data_prep.mimic_metadata import CHEXPERT_LABELS, list_candidates
+from data_prep.shard_config import ShardConfig, WindowConfig
+from data_prep.shard_manifest import (
     finish,
     merge_manifests,
     outcome_problem,
     part_name,
 )
-from data_prep.shard_samples import SampleSettings, ShardJob, build_shard, job_fingerprint  # noqa: E402
-from data_prep.shard_writer import load_complete_state, remove_leftovers, write_json_atomic  # noqa: E402
-from pipeline.config import ConfigError, add_config_arguments, load_config, to_dict, to_yaml  # noqa: E402
-from pipeline.dicom_pixels import WindowSettings, tune_allocator  # noqa: E402
-from pipeline.logging_setup import setup_logging  # noqa: E402
+from data_prep.shard_samples import SampleSettings, ShardJob, build_shard, job_fingerprint
+from data_prep.shard_writer import load_complete_state, remove_leftovers, write_json_atomic
+from pipeline.config import ConfigError, add_config_arguments, load_config, to_dict, to_yaml
+from pipeline.dicom_pixels import WindowSettings, tune_allocator
+from pipeline.logging_setup import setup_logging
 
 log = logging.getLogger("sista.shard_mimic")
 

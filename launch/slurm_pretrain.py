@@ -19,23 +19,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python launch/slurm_pretrain.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import submitit
 
-import submitit  # noqa: E402
-
-from launch import pretrain_run  # noqa: E402
-from launch.preemption import PreemptionRelay  # noqa: E402
-from launch.slurm_config import (  # noqa: E402
+from launch import pretrain_run
+from launch.preemption import PreemptionRelay
+from launch.slurm_config import (
     SlurmConfig,
     load_slurm_config,
     parse_job_args,
     split_overrides,
 )
-from launch.slurm_submit import log_paths, make_executor, render_sbatch  # noqa: E402
-from launch.task_env import current_task_env, export_task_env  # noqa: E402
-from pipeline.config import ConfigError, to_yaml  # noqa: E402
-from pipeline.logging_setup import setup_logging  # noqa: E402
+from launch.slurm_submit import log_paths, make_executor, render_sbatch
+from launch.task_env import current_task_env, export_task_env
+from pipeline.config import ConfigError, to_yaml
+from pipeline.logging_setup import setup_logging
 
 log = logging.getLogger("sista.launch")
 

@@ -9,6 +9,10 @@ The merged mapping is loaded into a dataclass schema. An unknown key, a value of
 type, or a required field without a value raises :class:`ConfigError` naming the dotted key
 and the file (or ``command line``) it came from. Defaults live in the YAML files under
 ``configs/``; schema fields are typed and carry no defaults unless they are optional.
+
+A section may name a preset with the key ``preset`` (``loss.preset=sista``): after the overrides,
+``configs/<section>/<preset>.yaml`` (or the YAML file the value names) is merged under that
+section, so the section's own keys win over the preset's.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import yaml
 T = TypeVar("T")
 
 BASE_KEY = "base"
+PRESET_KEY = "preset"
 COMMAND_LINE = "command line"
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"  # the repository's configs/ folder
 
 
 class _SafeLoader(yaml.SafeLoader):
@@ -167,6 +173,47 @@ def apply_overrides(tree: dict[str, Any], origins: dict[str, str], overrides: Se
         _merge(tree, nested, origins, COMMAND_LINE)
 
 
+def presets(section: str) -> list[str]:
+    """The preset names of a config section: the YAML files of ``configs/<section>/``."""
+    return sorted(p.stem for p in (CONFIG_ROOT / section).glob("*.yaml"))
+
+
+def preset_file(section: str, name: str, origin: str) -> Path:
+    """The file a ``<section>.preset`` value names: ``configs/<section>/<name>.yaml``, or a YAML path."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+    else:
+        path = CONFIG_ROOT / section / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{origin}: key '{section}.{PRESET_KEY}': {name!r} is not a preset "
+                          f"(known: {', '.join(presets(section)) or 'none'}; or a path to a .yaml file)")
+    return path
+
+
+def apply_presets(tree: dict[str, Any], origins: dict[str, str]) -> None:
+    """Merge each section's ``preset`` file under the section, in place (the section's keys win)."""
+    for section, value in tree.items():
+        if not isinstance(value, dict) or value.get(PRESET_KEY) is None:
+            continue
+        name, key = value[PRESET_KEY], f"{section}.{PRESET_KEY}"
+        if not isinstance(name, str):
+            raise ConfigError(f"{_origin_of(key, origins)}: key '{key}': expected a preset name, got {name!r}")
+        path = preset_file(section, name, _origin_of(key, origins))
+        preset, preset_origins = load_yaml_tree(path)
+        if PRESET_KEY in preset:
+            raise ConfigError(f"{path}: a preset file cannot name another '{PRESET_KEY}'")
+        own = {k: v for k, v in origins.items() if k.startswith(section + ".")}
+        merged: dict[str, Any] = {}
+        scratch: dict[str, str] = {}
+        _merge(merged, preset, scratch, str(path))
+        _merge(merged, value, scratch, COMMAND_LINE)
+        tree[section] = merged
+        for k in own:
+            del origins[k]
+        origins.update({f"{section}.{k}": v for k, v in preset_origins.items() if f"{section}.{k}" not in own})
+        origins.update(own)
+
+
 # --------------------------------------------------------------------------- typed loading
 
 
@@ -287,14 +334,22 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     """Load ``path`` (with its ``base`` chain) plus dotted ``overrides`` into dataclass ``schema``."""
     tree, origins = load_yaml_tree(path) if path is not None else ({}, {})
     apply_overrides(tree, origins, overrides)
+    apply_presets(tree, origins)
     return _build(schema, tree, origins)
 
 
-def config_from_dict(schema: type[T], tree: Mapping[str, Any], origin: str = "dict") -> T:
-    """Build ``schema`` from an in-memory mapping (e.g. a saved ``config.yaml`` already parsed)."""
+def config_from_dict(schema: type[T], tree: Mapping[str, Any], origin: str = "dict", section: str | None = None) -> T:
+    """Build ``schema`` from an in-memory mapping (e.g. a saved ``config.yaml`` already parsed).
+
+    ``section`` names the config section ``tree`` is (e.g. ``loss``), so that its ``preset`` resolves.
+    """
     origins: dict[str, str] = {}
-    _record_origins(tree, origins, origin, "")
-    return _build(schema, tree, origins)
+    whole = {section: _copy_tree(tree)} if section else _copy_tree(tree)
+    _record_origins(whole, origins, origin, "")
+    apply_presets(whole, origins)
+    if section:
+        return _build(schema, whole[section], origins, section + ".")
+    return _build(schema, whole, origins)
 
 
 # --------------------------------------------------------------------------- output
@@ -371,6 +426,7 @@ __all__ = [
     "ConfigError",
     "add_config_arguments",
     "apply_overrides",
+    "apply_presets",
     "config_from_args",
     "config_from_dict",
     "deep_merge",
@@ -378,6 +434,8 @@ __all__ = [
     "load_config",
     "load_yaml_tree",
     "parse_override",
+    "preset_file",
+    "presets",
     "safe_load",
     "save_config",
     "to_dict",

@@ -30,14 +30,14 @@ single=("$@")
 
 bench_once() {  # one measurement with the overrides in "$@"
   if $smoke; then
-    DS_ACCELERATOR=cpu "$PY" bench/train_throughput.py --config bench/gpu/vitb16_bert6.yaml --synthetic-samples 64 \
+    DS_ACCELERATOR=cpu "$PY" -m bench.train_throughput --config bench/gpu/vitb16_bert6.yaml --synthetic-samples 64 \
       --synthetic-workers 2 --steps 2 --warmup 1 engine.device=cpu engine.precision=fp32 data.batch_size=8 \
       data.num_workers=2 model.image.name=vit_tiny_patch16_224 model.image.img_size=64 data.transform.image_size=64 \
       data.transform.resize_size=72 model.text.tiny.hidden_size=64 model.text.tiny.num_attention_heads=2 \
       model.text.tiny.intermediate_size=128 model.text.tiny.num_hidden_layers=2 "$@"
   else
     local workers=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
-    "$PY" bench/train_throughput.py --config bench/gpu/vitb16_bert6.yaml --synthetic-samples 4320 \
+    "$PY" -m bench.train_throughput --config bench/gpu/vitb16_bert6.yaml --synthetic-samples 4320 \
       --synthetic-workers "$(nproc)" --steps 20 --warmup 5 data.num_workers="$workers" "$@"
   fi
 }

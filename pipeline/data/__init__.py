@@ -1,5 +1,6 @@
 """Reading shards into training batches: shard lists, transforms, collation and the WebDataset loader."""
 
+from pipeline.data.batch import Batch
 from pipeline.data.collate import Collator, Sample
 from pipeline.data.loader import (
     DataConfig,
@@ -13,6 +14,7 @@ from pipeline.data.shards import ShardError, ShardList, resolve_shards
 from pipeline.data.transforms import TransformConfig, eval_transform, expand_channels, train_transform
 
 __all__ = [
+    "Batch",
     "Collator",
     "DataConfig",
     "DataPosition",

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.data.batch import Batch
+
 
 @dataclass
 class Sample:
@@ -28,7 +30,7 @@ def label_tensor(rows: list[list[float | None]]) -> tuple[torch.Tensor, torch.Te
 
 
 class Collator:
-    """Tokenises the texts (padded to ``max_length``) and stacks everything else into a batch dict."""
+    """Tokenises the texts (padded to ``max_length``) and stacks everything else into a :class:`Batch`."""
 
     def __init__(self, tokenizer: Any, max_length: int) -> None:
         self.tokenizer = tokenizer
@@ -44,18 +46,17 @@ class Collator:
         )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "word_ids": word_ids}
 
-    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+    def __call__(self, samples: list[Sample]) -> Batch:
         """Collate samples into a batch; report_emb is None unless every sample has one."""
-        batch: dict[str, Any] = {"keys": [s.key for s in samples], "images": torch.stack([s.image for s in samples])}
-        batch.update(self.tokenise([s.text for s in samples]))
         with_emb = [s.report_emb is not None for s in samples]
+        report_emb = None
         if all(with_emb):
-            emb = np.stack([s.report_emb for s in samples]).astype(np.float32)
-            batch["report_emb"] = torch.from_numpy(emb)
+            report_emb = torch.from_numpy(np.stack([s.report_emb for s in samples]).astype(np.float32))
         elif any(with_emb):
             missing = [s.key for s in samples if s.report_emb is None]
             raise ValueError(f"samples {missing[:5]} have no report_emb.npy while others in the batch do")
-        else:
-            batch["report_emb"] = None
-        batch["labels"], batch["labels_known"] = label_tensor([s.labels for s in samples])
-        return batch
+        tokens = self.tokenise([s.text for s in samples])
+        labels, known = label_tensor([s.labels for s in samples])
+        return Batch(keys=[s.key for s in samples], images=torch.stack([s.image for s in samples]),
+                     input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                     word_ids=tokens["word_ids"], labels=labels, labels_known=known, report_emb=report_emb)

@@ -29,6 +29,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from pipeline.data.batch import Batch
 from pipeline.data.collate import Collator, Sample
 from pipeline.data.shards import ShardError, ShardList
 from pipeline.data.transforms import (
@@ -232,7 +233,7 @@ class TrainStream(IterableDataset):
         image = train_transform(decoded["image"], self.cfg.transform, gen)
         return Sample(decoded["key"], image, decoded["text"], decoded["report_emb"], decoded["labels"])
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[tuple[Batch, tuple[int, int, int]]]:
         worker = self._logical_worker()
         done, todo = quota(self.total, self.start.micro_batches, worker, self.num_workers)
         if todo <= 0:
@@ -249,11 +250,10 @@ class TrainStream(IterableDataset):
             lambda samples: batch_samples(samples, self.cfg.batch_size, self.collator),
         )
         for batch in itertools.islice(pipeline, todo):
-            batch["position"] = (worker, cursor.count, errors.count)
-            yield batch
+            yield batch, (worker, cursor.count, errors.count)  # the batch and where this worker stands
 
 
-def batch_samples(samples: Iterator[Sample], size: int, collate: Collator) -> Iterator[dict[str, Any]]:
+def batch_samples(samples: Iterator[Sample], size: int, collate: Collator) -> Iterator[Batch]:
     """Full batches of ``size``, each yielded as soon as it is full (no look-ahead, so cursors stay exact)."""
     batch: list[Sample] = []
     for sample in samples:
@@ -301,9 +301,8 @@ class EpochLoader:
         """Corrupt samples skipped so far in this epoch, all workers."""
         return sum(self.position.corrupt)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for batch in self.loader:
-            worker, cursor, corrupt = batch.pop("position")
+    def __iter__(self) -> Iterator[Batch]:
+        for batch, (worker, cursor, corrupt) in self.loader:
             self.position.micro_batches += 1
             self.position.cursors[worker] = cursor
             self.position.corrupt[worker] = corrupt
@@ -331,7 +330,7 @@ def build_epoch_loader(
     return EpochLoader(stream, cfg, pin_memory)
 
 
-def load_fixed_batch(shards: ShardList, cfg: DataConfig, collator: Collator, count: int) -> dict[str, Any]:
+def load_fixed_batch(shards: ShardList, cfg: DataConfig, collator: Collator, count: int) -> Batch:
     """The first ``count`` readable samples of a split in shard order, eval-transformed (for figures)."""
     errors = CorruptCounter()
     pipeline = wds.DataPipeline(

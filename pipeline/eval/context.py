@@ -89,9 +89,9 @@ class EvalContext:
 
     @property
     def group_words(self) -> bool:
-        """Whether STA was trained on words (``loss.sta.token_unit: word``), so token features are per word."""
+        """Whether STA was trained on words (``model.text.token_unit: word``), so token features are per word."""
         train = training_config(Path(self.cfg.checkpoint)) or {}
-        return ((train.get("loss") or {}).get("sta") or {}).get("token_unit") == "word"
+        return ((train.get("model") or {}).get("text") or {}).get("token_unit") == "word"
 
     @property
     def max_length(self) -> int:

@@ -1,84 +1,101 @@
-"""LossConfig: the YAML section ``loss:`` (defaults in configs/pretrain/base.yaml)."""
+"""LossConfig: the YAML section ``loss:`` — a list of weighted terms (a preset file of configs/loss/) and their options.
+
+``loss.preset: NAME`` merges ``configs/loss/NAME.yaml`` (its ``terms`` list) under the section when the
+config loads (pipeline.config). Each entry of ``terms`` is ``{term, weight}`` (a registered term, see
+pipeline.losses.registry) or ``{group, weight, terms}`` (the weighted sum of its sub-terms, then
+weighted). A term's options are ``loss.options.<term>`` (defaults in configs/pretrain/base.yaml) with
+the entry's own ``options`` merged over them; ``loss.weights.<name>`` replaces an entry's weight.
+An entry of weight 0 is switched off (not computed).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
-PRESETS = ("clip", "sia_only", "sta_only", "sista")
+from pipeline.config import ConfigError, config_from_dict, deep_merge
+from pipeline.losses.registry import registered_terms, term_class
 
 
 @dataclass
-class SiaConfig:
-    """Semantics-aware instance alignment (docs/method.md, SIA)."""
+class TermSpec:
+    """One entry of ``loss.terms``: a term, or a named group of terms, with its weight."""
 
-    mode: Literal["eliminate", "multi_positive", "soft"]
-    similarity_source: Literal["precomputed", "online", "labels"]
-    threshold: float  # κ: R_ij ≥ κ marks a false negative
-    soft_temperature: float  # τ_t of the soft targets
-    soft_identity_weight: float  # α: weight of the paired report in the soft targets
-    centering: Union[bool, Literal["auto"]]  # auto: on when report embeddings are [CLS]-pooled
-    centering_momentum: float  # EMA momentum of the centring offset o
-    warn_eliminated_fraction: float  # warn when a row loses more than this fraction of its columns
+    weight: float
+    term: Optional[str] = None  # a registered term name (infonce, sia, sta_token, sta_image, ...)
+    group: Optional[str] = None  # or a group's name: its value is the weighted sum of ``terms``
+    terms: Optional[list[TermSpec]] = None
+    options: dict[str, Any] = field(default_factory=dict)  # merged over loss.options.<term>
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.soft_identity_weight <= 1.0:
-            raise ValueError(f"sia.soft_identity_weight must be in [0, 1], got {self.soft_identity_weight}")
-        if self.soft_temperature <= 0:
-            raise ValueError(f"sia.soft_temperature must be > 0, got {self.soft_temperature}")
-        if not 0.0 <= self.centering_momentum < 1.0:
-            raise ValueError(f"sia.centering_momentum must be in [0, 1), got {self.centering_momentum}")
+        if (self.term is None) == (self.group is None):
+            raise ValueError(f"a loss.terms entry needs exactly one of 'term' and 'group', got {self._label()}")
+        if self.group is not None and not self.terms:
+            raise ValueError(f"loss group {self.group!r} needs a non-empty 'terms' list")
+        if self.term is not None and self.terms is not None:
+            raise ValueError(f"loss term {self.term!r}: only a group has 'terms'")
+        if self.group is not None and self.options:
+            raise ValueError(f"loss group {self.group!r}: options belong to its terms")
+        if self.weight < 0:
+            raise ValueError(f"loss term {self.name!r}: weight must be >= 0, got {self.weight}")
+        if self.term is not None:
+            term_class(self.term)  # unknown names fail here, listing the known ones
+
+    def _label(self) -> str:
+        return f"term={self.term!r}, group={self.group!r}"
+
+    @property
+    def name(self) -> str:
+        """The entry's name: its term or group name (the prefix of its logged scalars)."""
+        return self.term if self.term is not None else self.group
 
 
-@dataclass
-class StaConfig:
-    """Sparse token alignment (docs/method.md, STA)."""
-
-    token_unit: Literal["subword", "word"]
-    threshold: Optional[float] = None  # σ; None means 1/P
-    image_negatives: int = 0  # K other images per token in the cross-image term; 0 = off (SPARC)
-    image_negatives_weight: float = 1.0  # weight of the cross-image term inside L_STA
-
-    def __post_init__(self) -> None:
-        if isinstance(self.image_negatives, bool) or not isinstance(self.image_negatives, int) or self.image_negatives < 0:
-            raise ValueError(f"sta.image_negatives must be an integer >= 0, got {self.image_negatives!r}")
-        if self.image_negatives_weight < 0:
-            raise ValueError(f"sta.image_negatives_weight must be >= 0, got {self.image_negatives_weight}")
-
-
-@dataclass
-class LossWeights:
-    """λ_SIA and λ_STA (a preset may switch a term off, never change its weight)."""
-
-    sia: float
-    sta: float
+def walk(specs: list[TermSpec]) -> Iterator[TermSpec]:
+    """Every entry of a terms list, groups before their members, in order."""
+    for spec in specs:
+        yield spec
+        if spec.terms:
+            yield from walk(spec.terms)
 
 
 @dataclass
 class LossConfig:
-    """The whole objective: one preset switch plus the options of each term."""
+    """The training objective: which terms with which weights, and each term's options."""
 
-    preset: Literal["clip", "sia_only", "sta_only", "sista"]
-    weights: LossWeights
-    sia: SiaConfig
-    sta: StaConfig
+    terms: list[TermSpec]
+    options: dict[str, dict[str, Any]]  # per term name; configs/pretrain/base.yaml holds every default
+    weights: dict[str, float] = field(default_factory=dict)  # per entry name, replacing the entry's weight
+    preset: Optional[str] = None  # a file of configs/loss/ merged under this section (see pipeline.config)
 
-    @property
-    def sia_mode(self) -> str:
-        """The SIA mode the preset runs: ``none`` (plain InfoNCE) for clip and sta_only."""
-        return self.sia.mode if self.preset in ("sia_only", "sista") else "none"
+    def __post_init__(self) -> None:
+        names = [spec.name for spec in walk(self.terms)]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"loss.terms: names {repeated} appear twice (scalars are logged by name)")
+        known = set(registered_terms())
+        unknown = sorted(set(self.options) - known)
+        if unknown:
+            raise ValueError(f"loss.options: {unknown} are not loss terms (known: {', '.join(sorted(known))})")
+        for name, weight in self.weights.items():
+            if weight < 0:
+                raise ValueError(f"loss.weights.{name} must be >= 0, got {weight}")
+        listed = {s.term for s in walk(self.terms) if s.term}
+        for term in sorted(set(self.options) - listed):
+            self.term_options(term)  # checks the shared options even of terms this preset leaves out
+        for spec in walk(self.terms):
+            if spec.term is not None:
+                self.term_options(spec.term, spec.options)
 
-    @property
-    def sia_weight(self) -> float:
-        """λ of the global (SIA or plain InfoNCE) term; every preset keeps it."""
-        return self.weights.sia
+    def weight(self, spec: TermSpec) -> float:
+        """The entry's weight after ``loss.weights``."""
+        return self.weights.get(spec.name, spec.weight)
 
-    @property
-    def sta_weight(self) -> float:
-        """λ of STA; 0 for clip and sia_only."""
-        return self.weights.sta if self.preset in ("sta_only", "sista") else 0.0
-
-    @property
-    def needs_token_features(self) -> bool:
-        """Whether the model must return patch and token embeddings (STA is on)."""
-        return self.sta_weight > 0
+    def term_options(self, term: str, own: dict[str, Any] | None = None) -> Any:
+        """The typed options of ``term``: ``loss.options.<term>`` with an entry's own options merged over them."""
+        cls = term_class(term)
+        tree = deep_merge(self.options.get(term, {}), own or {}, f"loss.terms ({term}).options")
+        try:
+            return config_from_dict(cls.Options, tree, f"loss.options.{term}")
+        except ConfigError as err:
+            raise ValueError(f"options of loss term {term!r}: {err}") from err

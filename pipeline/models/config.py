@@ -38,6 +38,7 @@ class TextEncoderConfig:
 
     pooling: Literal["cls", "mean"]
     max_length: int
+    token_unit: Literal["subword", "word"]  # STA's tokens: WordPieces, or words (pieces summed, as MGCA)
     name: Optional[str] = None
     tiny: Optional[dict[str, Any]] = None
     tokenizer: Optional[str] = None

@@ -72,7 +72,7 @@ class SistaModel(nn.Module):
     def encode_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_ids: torch.Tensor | None = None
     ) -> TextFeatures:
-        """Embed token ids [B, L]; with ``word_ids`` the token features are per word (``sta.token_unit: word``)."""
+        """Embed token ids [B, L]; with ``word_ids`` the token features are per word (``model.text.token_unit: word``)."""
         pooled, tokens, mask = self.text_encoder(input_ids, attention_mask, word_ids)
         return TextFeatures(
             F.normalize(self.text_global_head(pooled), dim=-1),

@@ -21,10 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = config_from_args(PretrainConfig, args)
-    from pipeline.train.loop import Trainer
+    from pipeline.train.fit import fit
+    from pipeline.train.run import build_run
 
     try:
-        return Trainer(cfg).run()
+        return fit(build_run(cfg))
     except (ShardError, BadStepError) as err:
         logging.getLogger("sista.train").error("%s", err)
         print(f"error: {err}", file=sys.stderr)

@@ -27,7 +27,7 @@ def token_labels(tokenizer: Any, input_ids: torch.Tensor, word_ids: torch.Tensor
 
 @torch.no_grad()
 def alignment_figure(
-    image_feats: Any, text_feats: Any, batch: dict[str, Any], tokenizer: Any, words: int, threshold: float | None,
+    image_feats: Any, text_feats: Any, batch: Any, tokenizer: Any, words: int, threshold: float | None,
 ) -> plt.Figure:
     """Rows = images; first column the image, then its ``words`` most localised tokens with their weight maps."""
     h, w = image_feats.grid_size
@@ -36,13 +36,13 @@ def alignment_figure(
     rows = weights.shape[0]
     fig, axes = plt.subplots(rows, words + 1, figsize=(2.0 * (words + 1), 2.1 * rows), squeeze=False)
     for i in range(rows):
-        image = batch["images"][i, 0].float().cpu()
+        image = batch.images[i, 0].float().cpu()
         valid = text_feats.token_mask[i].cpu()
-        labels = token_labels(tokenizer, batch["input_ids"][i], batch["word_ids"][i], weights.shape[1])
+        labels = token_labels(tokenizer, batch.input_ids[i], batch.word_ids[i], weights.shape[1])
         peak = weights[i].amax(dim=-1).cpu().masked_fill(~valid, -1.0)
         order = [j for j in peak.argsort(descending=True).tolist() if valid[j] and labels[j].isalpha()][:words]
         axes[i, 0].imshow(image, cmap="gray")
-        axes[i, 0].set_title(batch["keys"][i][:12], fontsize=7)
+        axes[i, 0].set_title(batch.keys[i][:12], fontsize=7)
         for c, j in enumerate(order, start=1):
             heat = weights[i, j].reshape(h, w).cpu()
             axes[i, c].imshow(image, cmap="gray")

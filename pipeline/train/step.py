@@ -9,6 +9,10 @@ micro-batch against itself only, shrinking every row's negatives A-fold. Instead
    the gradient of the full-batch loss. The temperatures are live in one recompute only, so their
    gradient is counted once; the loss runs in eval mode during recomputes so running statistics
    (the SIA centring EMA) move once per step.
+
+The loss is a module (:class:`pipeline.losses.Objective`, or any ``nn.Module`` taking
+:class:`LossInputs` and returning an object with ``loss`` and ``scalars``). ``loss_hook``, when given,
+is applied to the total loss of every evaluation (fault injection in tests: ``faults.inject_nan_steps``).
 """
 
 from __future__ import annotations
@@ -20,18 +24,28 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-Encode = Callable[[dict[str, Any]], tuple[Any, Any, dict[str, torch.Tensor]]]
-LossFn = Callable[..., dict[str, torch.Tensor]]
+from pipeline.data.batch import Batch, concat_optional
+from pipeline.losses import LossInputs, ObjectiveResult
+
+Encode = Callable[[Batch], tuple[Any, Any, dict[str, torch.Tensor]]]
+LossHook = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class StepOutcome:
-    """What one step did: the loss terms (detached), whether it was skipped and whether to stop."""
+    """What one step did: its loss and named scalars (detached), whether it was skipped and whether to stop."""
 
-    terms: dict[str, torch.Tensor]
+    loss: torch.Tensor
+    scalars: dict[str, torch.Tensor]
     skipped: bool
     stop: bool
+
+    @classmethod
+    def of(cls, result: ObjectiveResult, skipped: bool, stop: bool) -> StepOutcome:
+        """The detached outcome of an objective result."""
+        return cls(result.loss.detach(), {k: v.detach() for k, v in result.scalars.items()}, skipped, stop)
 
 
 def _pad_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -66,12 +80,6 @@ def _detached(features: Any) -> Any:
     )
 
 
-def _cat_optional(batches: list[dict[str, Any]], key: str) -> torch.Tensor | None:
-    """Concatenate ``key`` over micro-batches (None when absent)."""
-    values = [b.get(key) for b in batches]
-    return None if any(v is None for v in values) else torch.cat(values, dim=0)
-
-
 def _rng_state() -> dict[str, Any]:
     """The torch RNG states that dropout draws from (CPU and current CUDA device)."""
     state = {"cpu": torch.get_rng_state()}
@@ -87,18 +95,22 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _loss(loss_fn: LossFn, image: Any, text: Any, scales: dict[str, torch.Tensor], batches: list[dict[str, Any]]):
+def _loss(loss: nn.Module, image: Any, text: Any, scales: dict[str, torch.Tensor], batches: list[Batch],
+          hook: LossHook | None) -> ObjectiveResult:
     """Run the loss on (possibly concatenated) features with the batches' report embeddings and labels."""
-    return loss_fn(image, text, scales, report_emb=_cat_optional(batches, "report_emb"),
-                   labels=_cat_optional(batches, "labels"))
+    inputs = LossInputs(image, text, scales, report_emb=concat_optional(batches, "report_emb"),
+                        labels=concat_optional(batches, "labels"))
+    result = loss(inputs)
+    return result if hook is None else dataclasses.replace(result, loss=hook(result.loss))
 
 
 def contrastive_step(
     encode: Encode,
-    loss_fn: LossFn,
-    micro_batches: list[dict[str, Any]],
+    loss: nn.Module,
+    micro_batches: list[Batch],
     backward: Callable[[torch.Tensor], None],
     agree: Callable[[torch.Tensor], tuple[bool, bool]],
+    loss_hook: LossHook | None = None,
 ) -> StepOutcome:
     """Forward, agree with the other ranks (skip on a non-finite loss anywhere, stop on a signal), backward.
 
@@ -107,11 +119,11 @@ def contrastive_step(
     """
     if len(micro_batches) == 1:
         image, text, scales = encode(micro_batches[0])
-        terms = _loss(loss_fn, image, text, scales, micro_batches)
-        skip, stop = agree(terms["loss"])
+        result = _loss(loss, image, text, scales, micro_batches, loss_hook)
+        skip, stop = agree(result.loss)
         if not skip:
-            backward(terms["loss"])
-        return StepOutcome({k: v.detach() for k, v in terms.items()}, skip, stop)
+            backward(result.loss)
+        return StepOutcome.of(result, skip, stop)
 
     states, images, texts = [], [], []
     with torch.no_grad():
@@ -120,14 +132,13 @@ def contrastive_step(
             image, text, scales = encode(batch)
             images.append(image)
             texts.append(text)
-        terms = _loss(loss_fn, concat_features(images), concat_features(texts), scales, micro_batches)
-    skip, stop = agree(terms["loss"])
+        result = _loss(loss, concat_features(images), concat_features(texts), scales, micro_batches, loss_hook)
+    skip, stop = agree(result.loss)
     if skip:
-        return StepOutcome({k: v.detach() for k, v in terms.items()}, True, stop)
+        return StepOutcome.of(result, True, stop)
     after = _rng_state()
-    was_training = getattr(loss_fn, "training", False)
-    if hasattr(loss_fn, "train"):
-        loss_fn.train(False)
+    was_training = loss.training
+    loss.train(False)
     try:
         for j, batch in enumerate(micro_batches):
             _set_rng_state(states[j])
@@ -136,12 +147,11 @@ def contrastive_step(
                 live_scales = {k: v.detach() for k, v in live_scales.items()}
             image_all = concat_features([*images[:j], image, *images[j + 1:]])
             text_all = concat_features([*texts[:j], text, *texts[j + 1:]])
-            backward(_loss(loss_fn, image_all, text_all, live_scales, micro_batches)["loss"])
+            backward(_loss(loss, image_all, text_all, live_scales, micro_batches, loss_hook).loss)
     finally:
-        if hasattr(loss_fn, "train"):
-            loss_fn.train(was_training)
+        loss.train(was_training)
     _set_rng_state(after)
-    return StepOutcome({k: v.detach() for k, v in terms.items()}, False, stop)
+    return StepOutcome.of(result, False, stop)
 
 
 __all__ = ["StepOutcome", "concat_features", "contrastive_step"]

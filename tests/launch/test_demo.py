@@ -26,7 +26,7 @@ def test_fallback_text_tower_without_minilm(phantom_root: Path, tmp_path: Path):
     assert demo.make_shards(tmp_path, phantom_root, encoder=None, workers=1) == manifest  # idempotent
     overrides = demo.fallback_text_overrides(tmp_path, manifest)
     cfg = load_config(PretrainConfig, demo.TRAIN_CONFIG, [f"data.manifest={manifest}", *overrides])
-    assert cfg.model.text.name is None and cfg.loss.sia.similarity_source == "online"
+    assert cfg.model.text.name is None and cfg.loss.options["sia"]["similarity_source"] == "online"
     tokenizer = build_tokenizer(cfg.model)
     model = build_model(cfg.model, tokenizer)
     ids = tokenizer(["no acute cardiopulmonary process"], return_tensors="pt")

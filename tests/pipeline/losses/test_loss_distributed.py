@@ -2,7 +2,7 @@
 
 One spawn per world size runs every case (each SIA mode × similarity source, unequal rows per rank,
 STA with unequal empty reports, STA's cross-image term with windows that cross rank boundaries, the
-full SistaLoss with centring and the cross-image term) and the parent compares.
+full sista objective with centring and the cross-image term) and the parent compares.
 """
 
 from __future__ import annotations
@@ -17,16 +17,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.losses import (
-    LossConfig,
-    LossWeights,
-    SiaConfig,
-    SistaLoss,
-    StaConfig,
-    sia_terms,
-    sta_image_loss,
-    sta_loss,
-)
+from pipeline.config import config_from_dict
+from pipeline.losses import LossConfig, LossInputs, build_objective, sia_terms, sta_image_loss, sta_loss
 
 N, FEAT, D, P, L = 12, 10, 8, 6, 5
 MODES = ("eliminate", "multi_positive", "soft")
@@ -105,14 +97,14 @@ def run_case(case: str, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, di
         negatives = N - 1 if case == "sta_image_unequal" else 5  # 5 > rows per rank: windows span ranks
         loss = sta_image_loss(image.patch_emb, text.token_emb, text.token_mask, scales["sta"], negatives=negatives)
     else:
-        cfg = LossConfig(
-            preset="sista",
-            weights=LossWeights(sia=1.0, sta=0.5),
-            sia=SiaConfig(mode="soft", similarity_source="precomputed", threshold=0.9, centering=True,
-                          centering_momentum=0.9, warn_eliminated_fraction=1.0, **SOFT),
-            sta=StaConfig(token_unit="subword", threshold=None, image_negatives=4, image_negatives_weight=0.7),
-        )
-        loss = SistaLoss(cfg)(image, text, scales, report_emb=data["report"])["loss"]
+        options = {
+            "sia": {"mode": "soft", "similarity_source": "precomputed", "threshold": 0.9, "centering": True,
+                    "centering_momentum": 0.9, "warn_eliminated_fraction": 1.0, **SOFT},
+            "sta_token": {"threshold": None}, "sta_image": {"negatives": 4, "threshold": None},
+        }
+        cfg = config_from_dict(LossConfig, {"preset": "sista", "weights": {"sia": 1.0, "sta": 0.5, "sta_image": 0.7},
+                                            "options": options}, "test", section="loss")
+        loss = build_objective(cfg)(LossInputs(image, text, scales, report_emb=data["report"])).loss
     loss.backward()
     grads = {name: p.grad.detach().clone() for name, p in heads.named_parameters() if p.grad is not None}
     return loss.detach(), grads, eliminated

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from model_configs import make_config
 
 from pipeline.config import config_from_dict, load_yaml_tree
-from pipeline.losses import LossConfig, SistaLoss
+from pipeline.losses import LossConfig, LossContext, LossInputs, build_objective
 from pipeline.models import build_model, build_tokenizer
 
 REPORTS = [
@@ -59,9 +59,9 @@ def test_tiny_model_overfits_eight_pairs_with_sista(repo_root, tiny_tree, minilm
     cfg = make_config(tiny_tree)
     model, tokenizer = build_model(cfg).train(), build_tokenizer(cfg)
     tree, _ = load_yaml_tree(repo_root / "configs/pretrain/tiny.yaml")
-    loss_cfg = config_from_dict(LossConfig, tree["loss"], "tiny.yaml")
+    loss_cfg = config_from_dict(LossConfig, tree["loss"], "tiny.yaml", section="loss")
     assert loss_cfg.preset == "sista"
-    criterion = SistaLoss(loss_cfg, report_pooling="mean")
+    criterion = build_objective(loss_cfg, LossContext(report_pooling="mean"))
     report_emb = report_embeddings(minilm_dir, REPORTS)
     enc = tokenizer(REPORTS, padding="max_length", truncation=True, max_length=32, return_tensors="pt")
     ids, attention = enc["input_ids"], enc["attention_mask"]
@@ -71,11 +71,11 @@ def test_tiny_model_overfits_eight_pairs_with_sista(repo_root, tiny_tree, minilm
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     history = []
     for step in range(150):
-        out = criterion(*model(images, ids, attention), model.logit_scales(), report_emb=report_emb)
+        out = criterion(LossInputs(*model(images, ids, attention), model.logit_scales(), report_emb=report_emb))
         optimizer.zero_grad()
-        out["loss"].backward()
+        out.loss.backward()
         optimizer.step()
-        history.append((out["sia_loss"].item(), out["sta_loss"].item()))
+        history.append((out.scalars["sia/loss"].item(), out.scalars["sta/loss"].item()))
         if step % 10 == 9 and perfect_retrieval(model, images, ids, attention):
             break
     print(f"perfect after {len(history)} steps")

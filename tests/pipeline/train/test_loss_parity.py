@@ -17,7 +17,7 @@ from train_helpers import step_losses, tiny_overrides, torchrun
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny20_losses.json"
 RUNS = {
     "sista": {},
-    "sista_word_xneg_accum2": {"loss__sta__image_negatives": 2, "optim__accumulation_steps": 2,
+    "sista_word_xneg_accum2": {"loss__options__sta_image__negatives": 2, "optim__accumulation_steps": 2,
                                "model__text__token_unit": "word"},
 }
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from transformers import BertTokenizerFast
 
 from pipeline.config import load_config
-from pipeline.losses import SistaLoss
+from pipeline.data import Batch
+from pipeline.losses import LossContext, LossInputs, build_objective
 from pipeline.train.config import PretrainConfig
 from pipeline.train.step import _rng_state, _set_rng_state, concat_features, contrastive_step
 
@@ -29,7 +30,7 @@ def _setup(dropout: float, *overrides: str):
     from pipeline.models import build_model
 
     cfg = load_config(PretrainConfig, REPO / "configs/pretrain/tiny.yaml", [
-        "model.image.img_size=32", "data.manifest=unused", "loss.sia.threshold=0.5",
+        "model.image.img_size=32", "data.manifest=unused", "loss.options.sia.threshold=0.5",
         f"model.text.tiny.hidden_dropout_prob={dropout}", f"model.text.tiny.attention_probs_dropout_prob={dropout}",
         "model.text.tiny.vocab_size=16", "model.text.max_length=8", *overrides,
     ])
@@ -41,20 +42,21 @@ def _setup(dropout: float, *overrides: str):
     enc = tok(texts, padding="max_length", max_length=8, truncation=True, return_tensors="pt")
     emb = F.normalize(torch.randn(8, 6, generator=gen, dtype=torch.float64), dim=-1)
     emb[1] = emb[0]  # a false negative for SIA to eliminate
-    batch = {"images": torch.randn(8, 1, 32, 32, generator=gen, dtype=torch.float64),
-             "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "report_emb": emb,
-             "labels": torch.zeros(8, 14, dtype=torch.float64)}
-    loss = SistaLoss(cfg.loss, "mean")
+    batch = Batch(keys=[f"k{i}" for i in range(8)], images=torch.randn(8, 1, 32, 32, generator=gen, dtype=torch.float64),
+                  input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                  word_ids=torch.full((8, 8), -1), labels=torch.zeros(8, 14, dtype=torch.float64),
+                  labels_known=torch.zeros(8, 14, dtype=torch.bool), report_emb=emb)
+    loss = build_objective(cfg.loss, LossContext(report_pooling="mean"))
 
     def encode(b):
-        return model.encode_image(b["images"]), model.encode_text(b["input_ids"], b["attention_mask"]), model.logit_scales()
+        return model.encode_image(b.images), model.encode_text(b.input_ids, b.attention_mask), model.logit_scales()
 
     return model, loss, encode, batch
 
 
 def _split(batch, parts):
-    size = batch["images"].shape[0] // parts
-    return [{k: v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(parts)]
+    size = len(batch) // parts
+    return [batch.rows(i * size, (i + 1) * size) for i in range(parts)]
 
 
 def _grads(model):
@@ -73,12 +75,12 @@ def test_two_micro_batches_of_four_equal_one_batch_of_eight(image_negatives):
 
     With STA's cross-image term (K = 5) a token's negatives lie in the other micro-batch too.
     """
-    model, loss, encode, batch = _setup(0.0, f"loss.sta.image_negatives={image_negatives}")
+    model, loss, encode, batch = _setup(0.0, f"loss.options.sta_image.negatives={image_negatives}")
     full, g_full = _step(model, loss, encode, [batch])
     accum, g_accum = _step(model, loss, encode, _split(batch, 2))
-    assert torch.allclose(full.terms["loss"], accum.terms["loss"], rtol=0, atol=1e-12)
-    assert ("sta_image_loss" in full.terms) == (image_negatives > 0)
-    assert float(full.terms["fn_eliminated_per_row"]) > 0  # SIA really eliminated something
+    assert torch.allclose(full.loss, accum.loss, rtol=0, atol=1e-12)
+    assert ("sta_image/loss" in full.scalars) == (image_negatives > 0)
+    assert float(full.scalars["sia/fn_eliminated_per_row"]) > 0  # SIA really eliminated something
     assert set(g_full) == set(g_accum) and any("log_scale" in n for n in g_full)
     for name in g_full:
         torch.testing.assert_close(g_accum[name], g_full[name], rtol=1e-9, atol=1e-12, msg=name)
@@ -101,8 +103,8 @@ def test_recompute_replays_dropout():
             encode(b)
     image = concat_features([f[0] for f in feats])
     text = concat_features([f[1] for f in feats])
-    out = loss(image, text, feats[0][2], report_emb=batch["report_emb"], labels=batch["labels"])
-    out["loss"].backward()
+    out = loss(LossInputs(image, text, feats[0][2], report_emb=batch.report_emb, labels=batch.labels))
+    out.loss.backward()
     for name, grad in _grads(model).items():
         torch.testing.assert_close(g_accum[name], grad, rtol=1e-9, atol=1e-12, msg=name)
 
@@ -125,3 +127,20 @@ def test_concat_pads_token_features(lengths):
     out = concat_features(parts)
     assert out.token_emb.shape == (4, max(lengths), 4) and int(out.token_mask.sum()) == 2 * sum(lengths)
     assert dataclasses.is_dataclass(out)
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_loss_hook_applies_to_every_evaluation(parts):
+    """The step's loss hook (NaN injection) changes the reported loss and every loss it back-propagates."""
+    model, loss, encode, batch = _setup(0.0)
+    seen, backed = [], []
+
+    def hook(value):
+        seen.append(value.detach())
+        return value * float("nan")
+
+    out = contrastive_step(encode, loss, _split(batch, parts), lambda v: backed.append(v.detach()),
+                           lambda v: (False, False), loss_hook=hook)
+    assert torch.isnan(out.loss) and len(seen) == (1 if parts == 1 else 1 + parts)
+    assert len(backed) == parts and all(torch.isnan(v) for v in backed)
+    assert loss.training  # the recompute's eval mode is undone

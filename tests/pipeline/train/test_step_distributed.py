@@ -28,7 +28,7 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
         local = _split(batch, world)[rank]
         model.zero_grad(set_to_none=True)
         result = contrastive_step(encode, loss, _split(local, 2), lambda v: v.backward(), lambda v: (False, False))
-        value = result.terms["loss"].clone()
+        value = result.loss.clone()
         dist.all_reduce(value)
         grads = {}
         for name, param in model.named_parameters():
@@ -52,7 +52,7 @@ def test_two_ranks_with_accumulation_equal_one_process():
         out = manager.dict()
         mp.spawn(_worker, args=(2, _port(), out), nprocs=2, join=True)
         result = dict(out)
-    torch.testing.assert_close(result["loss"], full.terms["loss"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(result["loss"], full.loss, rtol=1e-12, atol=1e-12)
     assert set(result["grads"]) == set(expected)
     for name, grad in expected.items():
         torch.testing.assert_close(result["grads"][name], grad, rtol=1e-9, atol=1e-12, msg=name)

@@ -42,8 +42,8 @@ def test_zero2_two_ranks_nan_skip_mlflow_export(train_manifest, tmp_path):
         keys = {k for (k,) in db.execute("select distinct key from metrics")}
         skipped = db.execute("select max(value) from metrics where key='skipped_steps'").fetchone()[0]
     assert len(runs) == 1 and runs[0][1] == "FINISHED"
-    assert {"loss", "sia_loss", "sta_loss", "lr", "grad_norm", "temperature_sia", "samples_per_s",
-            "data_wait_fraction", "fn_eliminated_per_row", "sta_sparsity", "skipped_steps"} <= keys
+    assert {"loss", "sia/loss", "sta/loss", "lr", "grad_norm", "temperature/sia", "samples_per_s",
+            "data_wait_fraction", "sia/fn_eliminated_per_row", "sta_token/sparsity", "skipped_steps"} <= keys
     assert skipped == 1
     artifacts = run_dir / "mlartifacts" / runs[0][0] / "artifacts"
     assert (artifacts / "alignment" / "step000000004.png").is_file() and (artifacts / "config.yaml").is_file()

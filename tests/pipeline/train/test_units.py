@@ -215,7 +215,7 @@ def test_missing_shard_is_named_before_training(train_manifest, tmp_path, capsys
     import shutil
 
     from pipeline.train import main
-    from pipeline.train.loop import Trainer
+    from pipeline.train.run import build_run
 
     copy = tmp_path / "shards"
     shutil.copytree(train_manifest.parent, copy)
@@ -223,7 +223,7 @@ def test_missing_shard_is_named_before_training(train_manifest, tmp_path, capsys
     victim.unlink()
     overrides = tiny_overrides(copy / "manifest.json", tmp_path / "run")
     with pytest.raises(ShardError, match=victim.name):
-        Trainer(load_config(PretrainConfig, TINY, overrides))
+        build_run(load_config(PretrainConfig, TINY, overrides))
     assert main(["--config", str(TINY), *overrides]) == 1
     assert victim.name in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -266,7 +266,7 @@ def test_float_features_copy_never_aliases_the_encoder_output():
     """CUDA-graph runs copy features out of graph-owned memory; otherwise fp32 features pass through as they are."""
     from dataclasses import dataclass
 
-    from pipeline.train.loop import _float_features
+    from pipeline.train.fit import _float_features
 
     @dataclass
     class Features:
