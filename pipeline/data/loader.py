@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import logging
 import random
 from collections.abc import Iterator
@@ -39,10 +38,9 @@ from pipeline.data.transforms import (
     sample_generator,
     train_transform,
 )
+from pipeline.shard_format import IMAGE_EXTENSIONS, image_extension, read_sample_meta
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
 
 
 @dataclass
@@ -151,13 +149,13 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
     key = raw.get("__key__", "?")
     where = f"sample {key} in {raw.get('__url__', '?')}"
     try:
-        ext = next((e for e in IMAGE_EXTENSIONS if e in raw), None)
+        ext = image_extension(raw)
         if ext is None:
             raise ValueError(f"no image member (expected one of {IMAGE_EXTENSIONS}; has {sorted(raw)})")
         for member in ("txt", "json"):
             if member not in raw:
                 raise ValueError(f"no {member} member")
-        meta = json.loads(raw["json"])
+        _, labels = read_sample_meta(raw["json"], where)
         emb = None
         if "report_emb.npy" in raw:
             emb = np.load(io.BytesIO(raw["report_emb.npy"]), allow_pickle=False)
@@ -167,7 +165,7 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
             "key": key,
             "image": decode_image(raw[ext], ext),
             "text": raw["txt"].decode("utf-8"),
-            "labels": list(meta["labels"]["values"]),
+            "labels": list(labels.values),
             "report_emb": emb,
         }
     except Exception as err:
