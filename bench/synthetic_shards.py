@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.mimic_metadata import CHEXPERT_LABELS
 from pipeline.shard_format import (
     MANIFEST,
     ImageInfo,
@@ -26,9 +27,7 @@ from pipeline.shard_format import (
 
 WORDS = ("no acute cardiopulmonary process small left pleural effusion right lower lobe opacity heart size "
          "normal mild pulmonary edema atelectasis pneumothorax stable support devices lines tubes").split()
-LABELS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
-          "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
-          "Pneumothorax", "Support Devices"]
+LABELS = list(CHEXPERT_LABELS)  # the sharder's label order
 
 
 def _write_shard(args: tuple[Path, int, int, int, int, int]) -> ShardRecord:

@@ -15,20 +15,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.shard_format import (
-    MANIFEST,
-    SKIPPED_CSV,
-    STATE_DIR,
+from pipeline.shard_format.atomic import write_json_atomic, write_text_atomic
+from pipeline.shard_format.layout import MANIFEST, SKIPPED_CSV, STATE_DIR, shard_index, shard_path
+from pipeline.shard_format.manifest import (
     ImageInfo,
     ReportEncoderInfo,
     ShardManifest,
     ShardRecord,
     SplitEntry,
-    WindowSettings,
-    shard_index,
-    shard_path,
-    write_json_atomic,
-    write_text_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -39,13 +33,6 @@ SKIPPED_COLUMNS = ("id", "split", "reason", "detail")
 def part_name(task_index: int, num_tasks: int) -> str:
     """File name of a task's partial manifest."""
     return f"manifest.part-{task_index:05d}-of-{num_tasks:05d}.json"
-
-
-def _image_info(image: dict[str, Any]) -> ImageInfo:
-    """The manifest's ``image`` entry from a part's (format, bits, size, source, window)."""
-    window = image.get("window")
-    return ImageInfo(image["format"], image["bits"], image["size"], image["source"],
-                     None if window is None else WindowSettings(**window))
 
 
 def assemble(parts: list[dict[str, Any]]) -> tuple[ShardManifest, list[dict[str, str]]]:
@@ -82,8 +69,8 @@ def assemble(parts: list[dict[str, Any]]) -> tuple[ShardManifest, list[dict[str,
     manifest = ShardManifest(
         splits=splits,
         label_names=tuple(first["label_names"]),
-        image=_image_info(first["image"]),
-        report_encoder=None if encoder is None else ReportEncoderInfo(**encoder),
+        image=ImageInfo.from_json(first["image"], "partial manifest"),
+        report_encoder=None if encoder is None else ReportEncoderInfo.from_json(encoder, "partial manifest"),
         skipped=dict(sorted(counts.items())),
         filtered=first["listing"]["filtered"],
         candidates=expected,

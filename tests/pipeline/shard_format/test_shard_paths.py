@@ -9,7 +9,14 @@ import pytest
 
 from pipeline.data.shards import ShardError, resolve_shards
 from pipeline.eval.adapters import load_shard_split
-from pipeline.shard_format import ShardFormatError, check_template, shard_index, shard_path, shard_url, validate_relative_path
+from pipeline.shard_format import (
+    ShardFormatError,
+    check_template,
+    shard_index,
+    shard_path,
+    shard_url,
+    validate_relative_path,
+)
 
 
 def test_shard_path_pattern_round_trips() -> None:
