@@ -75,8 +75,10 @@ def fallback_text_overrides(out: Path, manifest: Path) -> list[str]:
     import webdataset as wds
     from transformers import BertTokenizerFast
 
+    from pipeline.data.shards import resolve_shards
+
     words: set[str] = set()
-    shards = [str(manifest.parent / s["path"]) for s in json.loads(manifest.read_text())["splits"]["train"]["shards"]]
+    shards = list(resolve_shards("train", manifest=str(manifest)).urls)
     for sample in wds.DataPipeline(wds.SimpleShardList(shards), wds.tarfile_to_samples()):
         words.update(re.findall(r"[a-z]+|[^\sa-z]", sample["txt"].decode().lower()))
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
