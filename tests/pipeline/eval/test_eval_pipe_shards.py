@@ -10,10 +10,13 @@ import pytest
 import torch
 
 from data_prep.shard_mimic import shard_mimic
+from pipeline.config import ConfigError, load_config
 from pipeline.data.shards import resolve_shards
 from pipeline.eval.adapters import load_shard_split
-from pipeline.shard_format import ShardFormatError
-from tests.data_prep.mimic_layout import build_small_mimic, shard_config
+from pipeline.eval.config import EvalConfig
+from pipeline.eval.context import EvalContext
+from pipeline.shard_format import ShardFormatError, WindowSettings
+from tests.data_prep.mimic_layout import REPO, build_small_mimic, shard_config
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +55,26 @@ def test_a_remote_shard_that_differs_from_the_manifest_is_refused(shard_set: Pat
     assert not list((tmp_path / "cache").glob("*.tar"))  # nothing half-fetched is kept
     with pytest.raises(ShardFormatError, match="data.shards.shard_root"):
         load_shard_split(manifest, "test", uncertain="ignore", cache_dir=tmp_path / "cache")
+
+
+def _context(tmp_path: Path, *overrides: str) -> EvalContext:
+    """An evaluation context over configs/eval/base.yaml (no model: only the shard settings are used)."""
+    cfg = load_config(EvalConfig, REPO / "configs" / "eval" / "base.yaml", ["checkpoint=unused", *overrides])
+    return EvalContext(cfg=cfg, model=None, tokenizer=None, transform=None, device=torch.device("cpu"), out_dir=tmp_path)
+
+
+def test_dicom_sets_are_windowed_as_the_shards_record(tmp_path: Path) -> None:
+    """RSNA's films use the window the sharder recorded in the manifest, not a copy of its defaults."""
+    mimic = build_small_mimic(tmp_path / "mimic", subjects=4)
+    shard_mimic(shard_config(mimic.root, tmp_path / "dicom", splits=["test"], **{"window.percentile_low": 2.0}))
+    ctx = _context(tmp_path, f"data.shards.root={tmp_path / 'dicom'}")
+    assert ctx.dicom_window() == WindowSettings(use_file_voi=True, percentile_low=2.0, percentile_high=99.5)
+    template = f"pipe:cat {tmp_path / 'dicom'}/{{path}}"
+    remote = _context(tmp_path, f"data.shards.manifest=pipe:cat {tmp_path / 'dicom' / 'manifest.json'}",
+                      f"data.shards.shard_root={template}", f"data.shards.cache_dir={tmp_path / 'cache'}")
+    assert remote.dicom_window() == ctx.dicom_window() and remote.shard_split("test").ids == ctx.shard_split("test").ids
+    manifest = json.loads((tmp_path / "dicom" / "manifest.json").read_text())
+    manifest["image"]["window"] = None  # as for shards made from MIMIC-CXR-JPG
+    (tmp_path / "dicom" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="records no DICOM window"):
+        ctx.dicom_window()
