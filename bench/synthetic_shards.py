@@ -16,6 +16,7 @@ import numpy as np
 from data_prep.mimic_metadata import CHEXPERT_LABELS
 from pipeline.shard_format import (
     MANIFEST,
+    REPORT_EMBEDDING_MEMBER,
     ImageInfo,
     ReportEncoderInfo,
     ShardManifest,
@@ -52,7 +53,7 @@ def _write_shard(args: tuple[Path, int, int, int, int, int]) -> ShardRecord:
                     "labels": {"names": LABELS, "values": [float(v) for v in rng.integers(0, 2, 14)]},
                     "transform": {}, "original_size": [size, size]}
             sink.write({"__key__": f"syn{i:08d}", "png": buf.getvalue(), "txt": text,
-                        "json": json.dumps(meta).encode(), "report_emb.npy": emb_buf.getvalue()})
+                        "json": json.dumps(meta).encode(), REPORT_EMBEDDING_MEMBER: emb_buf.getvalue()})
     return ShardRecord(rel, count, (out / rel).stat().st_size)
 
 
@@ -72,4 +73,4 @@ def write_synthetic_shards(out: Path, samples: int, shard_size: int, image_size:
     write_json_atomic(out / MANIFEST, manifest.to_json())
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS))]
     BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(out / "tokenizer")
-    return out / "manifest.json"
+    return out / MANIFEST

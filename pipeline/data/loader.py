@@ -38,7 +38,7 @@ from pipeline.data.transforms import (
     sample_generator,
     train_transform,
 )
-from pipeline.shard_format import IMAGE_EXTENSIONS, image_extension, read_sample_meta
+from pipeline.shard_format import IMAGE_EXTENSIONS, REPORT_EMBEDDING_MEMBER, image_extension, read_sample_meta
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,8 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"no {member} member")
         _, labels = read_sample_meta(raw["json"], where)
         emb = None
-        if "report_emb.npy" in raw:
-            emb = np.load(io.BytesIO(raw["report_emb.npy"]), allow_pickle=False)
+        if REPORT_EMBEDDING_MEMBER in raw:
+            emb = np.load(io.BytesIO(raw[REPORT_EMBEDDING_MEMBER]), allow_pickle=False)
             if emb.ndim != 1:
                 raise ValueError(f"report_emb.npy has shape {emb.shape}, expected 1-D")
         return {
