@@ -62,6 +62,9 @@ class ShardRecord:
     bytes: int | None = None
     sha256: str | None = None
 
+    def __post_init__(self) -> None:
+        validate_relative_path(self.path, "shard record")
+
     def to_json(self) -> dict[str, Any]:
         """Plain data for JSON."""
         return {"path": self.path, "num_samples": self.num_samples, "bytes": self.bytes, "sha256": self.sha256}
