@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from pipeline import job_env
 from pipeline.logging_setup import setup_logging
 from pipeline.shard_format import MANIFEST
 
@@ -91,15 +91,9 @@ def fallback_text_overrides(out: Path, manifest: Path) -> list[str]:
             "model.text.freeze_layers=null", "loss.options.sia.similarity_source=online"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def train(out: Path, manifest: Path, nproc: int, extra: list[str]) -> tuple[list[str], int]:
     """2-process CPU training under torchrun; returns the command and its exit code."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={job_env.free_port()}",
            "-m", "pipeline.train", "--config", str(TRAIN_CONFIG), f"data.manifest={manifest}",
            f"run.output_dir={out / 'runs'}", *extra]
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // nproc)))

@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline import job_env
 from pipeline.config import flatten, load_config
 from pipeline.train.checkpoint import CheckpointInfo, complete_checkpoints, describe, resume_checkpoint
 from pipeline.train.config import PretrainConfig, checkpoint_dir, run_dir
@@ -54,11 +55,10 @@ def resume_point(cfg: PretrainConfig) -> CheckpointInfo | None:
 
 def check_world_size(point: CheckpointInfo | None, world_size: int) -> None:
     """Refuse a job that could not resume: the trainer needs the world size that wrote the checkpoint."""
-    if point is not None and point.world_size != world_size:
-        raise ValueError(
-            f"{point.folder} was written by {point.world_size} ranks but this job has {world_size} "
-            f"(nodes x tasks per node); submit with that many tasks, or set checkpoint.resume=null to start afresh"
-        )
+    if point is not None:
+        job_env.require_world(point.world_size, str(point.folder),
+                              "submit with that many tasks (nodes x tasks per node), or set "
+                              "checkpoint.resume=null to start afresh", actual=world_size)
 
 
 def open_run(cfg: PretrainConfig, config_path: str | Path, slurm: object) -> RunRef | None:

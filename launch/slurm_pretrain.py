@@ -30,7 +30,7 @@ from launch.slurm_config import (
     split_overrides,
 )
 from launch.slurm_submit import log_paths, make_executor, render_sbatch
-from launch.task_env import current_task_env, export_task_env
+from pipeline import job_env
 from pipeline.config import ConfigError, to_yaml
 from pipeline.logging_setup import setup_logging
 
@@ -76,8 +76,8 @@ class PretrainJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> int:
         """Export this task's distributed environment, record the attempt, train; requeue if preempted."""
-        task = current_task_env(self.slurm.master_port)
-        export_task_env(task)
+        task = job_env.from_submitit(self.slurm.master_port)
+        job_env.export(task)
         setup_logging(task.rank, task.world_size)
         log.info("job %s attempt %d: rank %d/%d (local %d) rendezvous %s:%d", task.job_id, self.attempt,
                  task.rank, task.world_size, task.local_rank, task.master_addr, task.master_port)

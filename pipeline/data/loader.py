@@ -38,6 +38,7 @@ from pipeline.data.transforms import (
     sample_generator,
     train_transform,
 )
+from pipeline.job_env import ignore_stop_signals
 from pipeline.shard_format import IMAGE_EXTENSIONS, REPORT_EMBEDDING_MEMBER, image_extension, read_sample_meta
 
 log = logging.getLogger(__name__)
@@ -262,8 +263,13 @@ def batch_samples(samples: Iterator[Sample], size: int, collate: Collator) -> It
 
 
 def _worker_init(_: int) -> None:
-    """One intra-op thread per loader worker (the main process owns the cores)."""
+    """One intra-op thread per loader worker (the main process owns the cores); stop signals go to the main process.
+
+    ``scancel``/``timeout`` signal the whole process group: a worker that died of it would take the
+    rank down before it could checkpoint. The main process shuts its workers down itself.
+    """
     torch.set_num_threads(1)
+    ignore_stop_signals()
 
 
 class EpochLoader:

@@ -157,15 +157,6 @@ class EvalContext:
         )
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is available")
-    return torch.device(name)
-
-
 def tokenizer_for(model: SistaModel) -> object:
     """The tokenizer saved with the exported model."""
     return build_tokenizer(model.config)

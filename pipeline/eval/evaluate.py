@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from pipeline import job_env
 from pipeline.config import ConfigError
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.context import EvalContext, TaskResult, pick_device, resolve_transform, tokenizer_for
+from pipeline.eval.context import EvalContext, TaskResult, resolve_transform, tokenizer_for
 from pipeline.eval.grounding import run_grounding
 from pipeline.eval.linear_probe import run_linear_probe
 from pipeline.eval.reporting import log_to_mlflow, write_outputs
@@ -36,7 +37,7 @@ def build_context(cfg: EvalConfig, out_dir: Path) -> EvalContext:
     checkpoint = Path(cfg.checkpoint)
     if not checkpoint.is_dir():
         raise ConfigError(f"checkpoint={cfg.checkpoint}: not a folder (expected a SistaModel.export folder)")
-    device = pick_device(cfg.device)
+    device = job_env.select_device(cfg.device)
     model = load_exported(checkpoint).to(device).eval()
     return EvalContext(
         cfg=cfg,

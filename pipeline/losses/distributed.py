@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline import job_env
+
 
 @dataclass(frozen=True)
 class RowLayout:
@@ -45,16 +47,9 @@ class RowLayout:
         return sum(self.sizes)
 
 
-def is_distributed() -> bool:
-    """True when a default process group with more than one rank is initialised."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def rank_and_world() -> tuple[int, int]:
     """(rank, world size) of the default process group, or (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return job_env.rank(), job_env.world_size()
 
 
 def row_layout(local_rows: int, device: torch.device) -> RowLayout:
@@ -130,6 +125,6 @@ def gather_no_grad(x: torch.Tensor, layout: RowLayout) -> torch.Tensor:
 def all_reduce_sum_no_grad(x: torch.Tensor) -> torch.Tensor:
     """The sum of ``x`` over all ranks, detached (a copy; ``x`` is untouched)."""
     out = x.detach().clone()
-    if is_distributed():
+    if job_env.is_distributed():
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out

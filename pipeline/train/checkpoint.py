@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from pipeline import job_env
 from pipeline.data import DataPosition
 from pipeline.train.config import PretrainConfig, checkpoint_dir
 
@@ -133,11 +133,6 @@ def resume_checkpoint(cfg: PretrainConfig) -> Path | None:
     return find_resume_point(checkpoint_dir(cfg), cfg.checkpoint.resume)
 
 
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def prune(ckpt_dir: Path, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` complete checkpoints, and incomplete ones older than those."""
     complete = complete_checkpoints(ckpt_dir)
@@ -158,13 +153,13 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainState, rank: int, w
     mine = {"state": {**asdict(state), "data": state.data.to_dict()}, "rng": _python_rng(), "world_size": world_size}
     _write_atomic(rank_state_file(folder, rank), json.dumps(mine))
     torch.save(_torch_rng(), folder / f"rng_rank{rank:05d}.pt")
-    _barrier()
+    job_env.barrier()
     if rank == 0:
         marker = {"step": state.step, "epoch": state.epoch, "world_size": world_size, "time": time.time()}
         _write_atomic(folder / COMPLETE, json.dumps(marker))
         prune(ckpt_dir, keep_last)
         log.info("checkpoint %s complete (step %d)", folder, state.step)
-    _barrier()
+    job_env.barrier()
     return folder
 
 
@@ -195,12 +190,11 @@ def use_safe_loading(engine: Any) -> None:
 
 def load_checkpoint(engine: Any, folder: Path, rank: int, world_size: int) -> TrainState:
     """Load DeepSpeed's tag and this rank's state and RNG; the world size must match the saving run."""
-    saved_by = describe(folder).world_size
-    if saved_by != world_size:
-        raise RuntimeError(
-            f"{folder} was written by {saved_by} ranks; this run has {world_size}. Resume with the same "
-            "number of processes (each rank's data position is saved), or export it and start a new run from the weights"
-        )
+    job_env.require_world(
+        describe(folder).world_size, f"checkpoint {folder}",
+        "resume with the same number of processes (each rank's data position is saved), or export it and start "
+        "a new run from the weights",
+    )
     use_safe_loading(engine)
     path, _ = engine.load_checkpoint(
         str(folder.parent), tag=folder.name, load_optimizer_states=True, load_lr_scheduler_states=True

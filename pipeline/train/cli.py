@@ -8,6 +8,7 @@ import sys
 
 from pipeline.config import add_config_arguments, config_from_args
 from pipeline.data.shards import ShardError
+from pipeline.job_env import WorldSizeError
 from pipeline.logging_setup import setup_logging
 from pipeline.train.config import PretrainConfig
 from pipeline.train.faults import BadStepError
@@ -30,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("sista.train").error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except WorldSizeError as err:
+        logging.getLogger("sista.train").error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Faults: stop requests (SIGTERM/SIGUSR1 or in-process), non-finite losses agreed across ranks, injected NaNs for tests."""
+"""Faults: stop requests (SIGTERM/SIGINT/SIGUSR1 or in-process), non-finite losses agreed across ranks, injected NaNs for tests."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline.job_env import STOP_SIGNALS, is_distributed
+
 log = logging.getLogger(__name__)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopRequest:
@@ -122,7 +123,7 @@ def agree_across_ranks(loss: torch.Tensor, stop: StopRequest) -> tuple[bool, boo
     """
     kind = 0.0 if not stop.requested else (1.0 if stop.reason == BUDGET_STOP else 2.0)
     flags = torch.tensor([0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0, kind], device=loss.device)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if is_distributed():
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     agreed = int(flags[1].item())
     if agreed == 1:

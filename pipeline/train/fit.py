@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from pipeline import job_env
 from pipeline.config import save_config
 from pipeline.data import Batch, DataPosition, build_epoch_loader, expand_channels, load_fixed_batch
 from pipeline.data.shards import ShardError, resolve_shards
@@ -36,12 +37,12 @@ def _float_features(features: Any, copy: bool = False) -> Any:
 
 def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average scalar metrics over ranks (one small all-reduce)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1) or not values:
+    if not job_env.is_distributed() or not values:
         return values
     keys = sorted(values)
     vec = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(vec)
-    return dict(zip(keys, (vec / dist.get_world_size()).tolist()))
+    return dict(zip(keys, (vec / job_env.world_size()).tolist()))
 
 
 # ---------------------------------------------------------------------- pieces of a step
@@ -198,36 +199,39 @@ def fit(run: TrainRun) -> int:
                                         pin_memory=run.device.type == "cuda")
             batches = iter(loader)
             stopping = False
-            while state.step < run.total_steps and loader.position.micro_batches < loader.stream.total:
-                t0 = time.perf_counter()
-                micro = [device_batch(run, next(batches)) for _ in range(run.accum)]
-                t1 = time.perf_counter()
-                outcome = contrastive_step(
-                    lambda b: encode(run, b), run.loss, micro, lambda loss: _backward(run, loss),
-                    lambda loss: _agree_with_budget(run, loss, started), nan_injection(run, state.step + 1),
-                )
-                state.step += 1
-                state.samples_seen += run.global_batch
-                state.data = dataclasses.replace(loader.position, cursors=list(loader.position.cursors),
-                                                 corrupt=list(loader.position.corrupt))
-                if state.data.micro_batches >= loader.stream.total:
-                    state.epoch += 1
-                    state.data = DataPosition(state.epoch)
-                run.guard.record(outcome.skipped, state.step)
-                bar.update(1)
-                state.skipped_steps = run.guard.total
-                t2 = time.perf_counter()
-                _record(run, state, outcome, {"wait": t1 - t0, "total": t2 - t0}, loader.corrupt_total)
-                every = cfg.tracking.figure_every_steps
-                if figure_batch is not None and every > 0 and state.step % every == 0:
-                    _log_figure(run, figure_batch, state.step)
-                if outcome.stop or state.step % cfg.checkpoint.every_steps == 0:
-                    ckpt.save_checkpoint(run.engine, run.ckpt_dir, state, run.rank, run.world,
-                                         cfg.checkpoint.keep_last)
-                    last_saved = state.step
-                if outcome.stop:
-                    stopping = True
-                    break
+            try:
+                while state.step < run.total_steps and loader.position.micro_batches < loader.stream.total:
+                    t0 = time.perf_counter()
+                    micro = [device_batch(run, next(batches)) for _ in range(run.accum)]
+                    t1 = time.perf_counter()
+                    outcome = contrastive_step(
+                        lambda b: encode(run, b), run.loss, micro, lambda loss: _backward(run, loss),
+                        lambda loss: _agree_with_budget(run, loss, started), nan_injection(run, state.step + 1),
+                    )
+                    state.step += 1
+                    state.samples_seen += run.global_batch
+                    state.data = dataclasses.replace(loader.position, cursors=list(loader.position.cursors),
+                                                     corrupt=list(loader.position.corrupt))
+                    if state.data.micro_batches >= loader.stream.total:
+                        state.epoch += 1
+                        state.data = DataPosition(state.epoch)
+                    run.guard.record(outcome.skipped, state.step)
+                    bar.update(1)
+                    state.skipped_steps = run.guard.total
+                    t2 = time.perf_counter()
+                    _record(run, state, outcome, {"wait": t1 - t0, "total": t2 - t0}, loader.corrupt_total)
+                    every = cfg.tracking.figure_every_steps
+                    if figure_batch is not None and every > 0 and state.step % every == 0:
+                        _log_figure(run, figure_batch, state.step)
+                    if outcome.stop or state.step % cfg.checkpoint.every_steps == 0:
+                        ckpt.save_checkpoint(run.engine, run.ckpt_dir, state, run.rank, run.world,
+                                             cfg.checkpoint.keep_last)
+                        last_saved = state.step
+                    if outcome.stop:
+                        stopping = True
+                        break
+            finally:
+                batches.close()  # shuts the loader workers down now, on every path (they ignore stop signals)
             if stopping:
                 budget = run.stop.reason == BUDGET_STOP  # a planned end: export like a finished run
                 status = "FINISHED" if budget else "KILLED"

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from pipeline import job_env
 from pipeline.data import Collator, micro_batches_per_epoch
 from pipeline.data.shards import ShardList, resolve_shards
 from pipeline.logging_setup import setup_logging
@@ -16,7 +17,6 @@ from pipeline.losses import LossContext, Objective, build_objective
 from pipeline.models import build_model, build_tokenizer
 from pipeline.shard_format import read_manifest
 from pipeline.train.config import PretrainConfig, checkpoint_dir, run_dir
-from pipeline.train.distributed import discover_env, init_distributed, prepare_accelerator_env, select_device
 from pipeline.train.engine import PRECISION_DTYPES, build_engine
 from pipeline.train.faults import BadStepGuard, StopRequest
 from pipeline.train.sources import resolve_model_sources
@@ -31,7 +31,7 @@ class TrainRun:
     """One rank's training job, built and ready to fit: its config, process group, data, model, loss, records."""
 
     cfg: PretrainConfig
-    env: Any  # rank, local_rank, world_size (pipeline.train.distributed)
+    env: job_env.JobEnv
     device: torch.device
     shards: ShardList
     tokenizer: Any
@@ -91,14 +91,14 @@ def _report_pooling(cfg: PretrainConfig) -> str | None:
 
 def build_run(cfg: PretrainConfig) -> TrainRun:
     """Set up the process group, data, model, engine, loss and tracker of ``cfg`` on this rank."""
-    prepare_accelerator_env(cfg.engine.device)
+    job_env.prepare_accelerator_env(cfg.engine.device)
     cfg = resolve_model_sources(cfg)
-    env = discover_env()
+    env = job_env.discover()
     shards = resolve_shards(cfg.data.train_split, manifest=cfg.data.manifest, shard_root=cfg.data.shard_root,
                             pattern=cfg.data.pattern, num_samples=cfg.data.num_samples)
     setup_logging(env.rank, env.world_size)
-    device = select_device(cfg.engine.device, env.local_rank)
-    init_distributed(env, device, cfg.faults.collective_timeout_s)
+    device = job_env.select_device(cfg.engine.device, env.local_rank)
+    job_env.init_process_group(env, device, cfg.faults.collective_timeout_s)
     accum = cfg.optim.accumulation_steps
 
     samples = cfg.data.epoch_samples or shards.num_samples

@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,14 +19,9 @@ from launch.pretrain_run import ATTEMPT_PARAM
 from launch.slurm_config import load_slurm_config
 from launch.slurm_pretrain import RESUME_LATEST, PretrainJob, build_job, main, run_trainer, submit
 from launch.slurm_submit import render_sbatch
+from pipeline.job_env import free_port
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "tiny.yaml"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def train_overrides(shards: Path, run_root: Path, uri: str, max_steps: int) -> list[str]:
@@ -65,7 +59,7 @@ def _local_slurm(tmp: Path, max_requeues: int = 3):
     """The example SLURM config run by the local executor: 1 node, 2 CPU tasks."""
     return load_slurm_config(EXAMPLE, [
         "executor=local", "gpus_per_node=0", "tasks_per_node=2", "setup=[]", "time=10",
-        f"log_dir={tmp}/slurm/%j", f"master_port={_free_port()}", f"max_requeues={max_requeues}",
+        f"log_dir={tmp}/slurm/%j", f"master_port={free_port()}", f"max_requeues={max_requeues}",
     ])
 
 

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_step import _setup, _split
 
+from pipeline.job_env import free_port
 from pipeline.train.step import contrastive_step
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, out: dict) -> None:
@@ -50,7 +44,7 @@ def test_two_ranks_with_accumulation_equal_one_process():
     expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(2, _port(), out), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
         result = dict(out)
     torch.testing.assert_close(result["loss"], full.loss, rtol=1e-12, atol=1e-12)
     assert set(result["grads"]) == set(expected)

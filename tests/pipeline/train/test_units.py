@@ -23,7 +23,6 @@ from pipeline.train.checkpoint import (
     tag_for,
 )
 from pipeline.train.config import PretrainConfig, checkpoint_dir, run_dir
-from pipeline.train.distributed import discover_env, first_slurm_host
 from pipeline.train.engine import (
     compile_encoders,
     deepspeed_config,
@@ -32,21 +31,6 @@ from pipeline.train.engine import (
     vectorise_scalar_parameters,
 )
 from pipeline.train.faults import BadStepError, BadStepGuard, StopRequest, request_stop, withdraw_stop_request
-
-
-def test_env_discovery_for_each_launcher():
-    """torchrun, the deepspeed launcher, srun and a plain process are recognised."""
-    torchrun = discover_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "MASTER_ADDR": "n1",
-                             "MASTER_PORT": "1234", "TORCHELASTIC_RUN_ID": "x"})
-    assert (torchrun.rank, torchrun.local_rank, torchrun.world_size, torchrun.launcher) == (3, 1, 8, "torchrun")
-    assert discover_env({"RANK": "0", "WORLD_SIZE": "2"}).launcher == "deepspeed"
-    slurm = discover_env({"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "77",
-                          "SLURM_JOB_NODELIST": "gpu[003-004,009]"})
-    assert (slurm.rank, slurm.local_rank, slurm.world_size, slurm.master_addr, slurm.launcher) == (
-        5, 1, 8, "gpu003", "slurm")
-    single = discover_env({})
-    assert (single.rank, single.world_size, single.launcher) == (0, 1, "single") and single.master_port > 0
-    assert first_slurm_host("nodeA,nodeB") == "nodeA" and first_slurm_host("c[1-2]") == "c1"
 
 
 def test_warmup_then_cosine():

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from pipeline.job_env import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 TINY = REPO / "configs" / "pretrain" / "tiny.yaml"
@@ -31,33 +32,46 @@ def tiny_overrides(manifest: Path, run_dir: Path, **extra: object) -> list[str]:
     return [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in values.items()]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _env() -> dict[str, str]:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    # One thread and AVX2 kernels everywhere (ATen, MKL in conditional-reproducibility mode, oneDNN): the same
+    # floats on every x86 CPU, whatever its wider instruction sets (AVX-512, AMX), so the parity fixture holds.
+    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
+               ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AVX2,STRICT", ONEDNN_MAX_CPU_ISA="AVX2")
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
 
+def torchrun_command(overrides: list[str], nproc: int = 2) -> list[str]:
+    """The torchrun command line of a ``nproc``-rank trainer run."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+            "-m", "pipeline.train", "--config", str(TINY), *overrides]
+
+
 def torchrun(overrides: list[str], nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
     """Run the trainer under torchrun and wait for it."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}",
-           "-m", "pipeline.train", "--config", str(TINY), *overrides]
-    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(torchrun_command(overrides, nproc), cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
 
 
-def spawn_ranks(overrides: list[str], nproc: int = 2) -> list[subprocess.Popen]:
-    """Start the ranks directly with RANK/WORLD_SIZE/MASTER_* (as the deepspeed launcher does)."""
-    port, procs = _free_port(), []
+def start_torchrun(overrides: list[str], nproc: int = 2) -> subprocess.Popen:
+    """Start torchrun in a new process group (its id is torchrun's pid), output merged into ``stdout``."""
+    return subprocess.Popen(torchrun_command(overrides, nproc), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def spawn_ranks(overrides: list[str], nproc: int = 2, new_session: bool = False) -> list[subprocess.Popen]:
+    """Start the ranks directly with RANK/WORLD_SIZE/MASTER_* (as the deepspeed launcher does).
+
+    ``new_session``: all ranks in one new process group, whose id is rank 0's pid (signal it as ``timeout`` does).
+    """
+    port, procs = free_port(), []
     for rank in range(nproc):
         env = dict(_env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port))
+        group = {"process_group": procs[0].pid if procs else 0} if new_session else {}
         procs.append(subprocess.Popen([sys.executable, "-m", "pipeline.train", "--config", str(TINY), *overrides],
-                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      **group))
     return procs
 
 
