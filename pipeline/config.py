@@ -63,6 +63,13 @@ class ConfigError(ValueError):
     """A config problem; the message names the key and where its value came from."""
 
 
+def require(checks: Sequence[tuple[bool, str]]) -> None:
+    """Raise ValueError with the message of the first failed ``(ok, message)`` check (schema ``__post_init__``)."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
 # --------------------------------------------------------------------------- YAML + merging
 
 
@@ -436,6 +443,7 @@ __all__ = [
     "parse_override",
     "preset_file",
     "presets",
+    "require",
     "safe_load",
     "save_config",
     "to_dict",

@@ -24,6 +24,7 @@ class ShardList:
     urls: tuple[str, ...]
     num_samples: int
     shard_samples: tuple[int, ...] | None = None
+    report_embeddings: bool | None = None  # every sample has report_emb.npy (manifest's report_encoder); None: unknown
 
     def __len__(self) -> int:
         """Number of shards."""
@@ -79,7 +80,7 @@ def shards_from_manifest(manifest_location: str, split: str, shard_root: str | N
     entries = splits[split]["shards"]
     urls = tuple(shard_url(e["path"], manifest_location, shard_root) for e in entries)
     counts = tuple(int(e["num_samples"]) for e in entries)
-    return ShardList(split, urls, int(splits[split]["num_samples"]), counts)
+    return ShardList(split, urls, int(splits[split]["num_samples"]), counts, manifest.get("report_encoder") is not None)
 
 
 def shards_from_pattern(pattern: str, num_samples: int, split: str) -> ShardList:
