@@ -334,7 +334,7 @@ def _build(schema: type[T], tree: Mapping[str, Any], origins: Mapping[str, str],
     try:
         return schema(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{_origin_of(prefix.rstrip('.'), origins)}: {prefix or 'config'}: {err}") from err
+        raise ConfigError(f"{_origin_of(prefix.rstrip('.'), origins)}: {prefix.rstrip('.') or 'config'}: {err}") from err
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:

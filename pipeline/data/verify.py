@@ -1,0 +1,51 @@
+"""Check shards against the manifest's per-shard records before training (size always, sha256 on request).
+
+Local shards: the size of every file is compared with the manifest's ``bytes`` when the run starts;
+with ``data.reading.verify_sha256`` every file is also hashed and compared with its ``sha256``.
+``pipe:`` shards (object stores) are not checked: the store's size is not known without a request
+per object. A mismatch stops the run before training with a message naming the shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from pipeline.data.shards import PIPE_PREFIX, ShardError, ShardList
+
+
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shard_mismatches(shards: ShardList, records: list[dict[str, Any]], sha256: bool) -> list[str]:
+    """One 'url: what differs' line per local shard whose size (or sha256) differs from its manifest record."""
+    problems = []
+    for url, record in zip(shards.urls, records):
+        if url.startswith(PIPE_PREFIX):
+            continue
+        path = Path(url)
+        size = path.stat().st_size
+        if record.get("bytes") is not None and size != int(record["bytes"]):
+            problems.append(f"{url}: {size} bytes, manifest says {record['bytes']}")
+        elif sha256 and record.get("sha256") and _sha256(path) != record["sha256"]:
+            problems.append(f"{url}: sha256 differs from the manifest's")
+    return problems
+
+
+def verify_shards(shards: ShardList, manifest: dict[str, Any], sha256: bool) -> None:
+    """ShardError naming the shards of ``shards.split`` that do not match ``manifest``; silent when all match."""
+    records = manifest["splits"][shards.split]["shards"]
+    problems = shard_mismatches(shards, records, sha256)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ShardError(
+            f"split {shards.split!r}: {len(problems)} of {len(shards)} shards do not match the manifest ({shown}): "
+            "the output was changed after the manifest was written (two sharders on one --out?); re-shard it"
+        )
