@@ -69,6 +69,10 @@ def write_tar(path: Path, samples: Iterable[tuple[str, list[tuple[str, bytes]]]]
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None:  # a failed write (ENOSPC, EIO) names no file: name the shard's
+            raise OSError(err.errno, err.strerror, str(tmp)) from err
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
