@@ -33,13 +33,13 @@ from tqdm import tqdm
 
 from data_prep.mimic_metadata import CHEXPERT_LABELS, list_candidates
 from data_prep.shard_config import ShardConfig, WindowConfig
+from data_prep.shard_lock import ShardLockError, ShardLocks
 from data_prep.shard_manifest import (
     finish,
     merge_manifests,
     outcome_problem,
     part_name,
 )
-from data_prep.shard_lock import ShardLockError, ShardLocks
 from data_prep.shard_samples import SampleSettings, ShardJob, build_shard, job_fingerprint
 from data_prep.shard_writer import load_complete_state, remove_leftovers, write_json_atomic
 from pipeline.config import ConfigError, add_config_arguments, load_config, to_dict, to_yaml

@@ -26,7 +26,14 @@ from data_prep.png_writer import grayscale_png
 from data_prep.report_embedding import ReportEncoder, npy_bytes
 from data_prep.reports import count_words, extract_sections, training_text
 from data_prep.shard_writer import remove_leftovers, state_path, write_json_atomic, write_tar
-from pipeline.dicom_pixels import DicomReadError, WindowSettings, dicom_to_image, quantize, read_dicom, resize_short_side
+from pipeline.dicom_pixels import (
+    DicomReadError,
+    WindowSettings,
+    dicom_to_image,
+    quantize,
+    read_dicom,
+    resize_short_side,
+)
 
 LABEL_POLICY = "raw: 1.0 present, 0.0 negated, -1.0 uncertain, null not mentioned"
 

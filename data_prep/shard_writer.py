@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pipeline.file_digest import sha256_file
+
 STATE_DIR = ".shard_state"
 _TMP_MARK = ".tmp."
 
@@ -77,15 +79,6 @@ def write_tar(path: Path, samples: Iterable[tuple[str, list[tuple[str, bytes]]]]
         if tmp.exists():
             tmp.unlink()
     return count, hashing.size, hashing.sha256.hexdigest()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def state_path(out_dir: Path, relative_shard: str) -> Path:

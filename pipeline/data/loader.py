@@ -319,7 +319,7 @@ class EpochLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         try:
-            for batch, (worker, cursor, corrupt) in self._batches():
+            for batch, _ in self._batches():
                 yield batch
         except NoReadableShard as err:  # from a loader worker: its message carries the worker's traceback
             last = str(err).strip().splitlines()[-1]

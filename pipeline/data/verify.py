@@ -8,20 +8,11 @@ per object. A mismatch stops the run before training with a message naming the s
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from pipeline.data.shards import PIPE_PREFIX, ShardError, ShardList
-
-
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+from pipeline.file_digest import sha256_file
 
 
 def shard_mismatches(shards: ShardList, records: list[dict[str, Any]], sha256: bool) -> list[str]:
@@ -34,7 +25,7 @@ def shard_mismatches(shards: ShardList, records: list[dict[str, Any]], sha256: b
         size = path.stat().st_size
         if record.get("bytes") is not None and size != int(record["bytes"]):
             problems.append(f"{url}: {size} bytes, manifest says {record['bytes']}")
-        elif sha256 and record.get("sha256") and _sha256(path) != record["sha256"]:
+        elif sha256 and record.get("sha256") and sha256_file(path) != record["sha256"]:
             problems.append(f"{url}: sha256 differs from the manifest's")
     return problems
 

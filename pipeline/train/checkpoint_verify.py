@@ -8,12 +8,13 @@ each one passed over. A checkpoint without digests (an older run) is taken as it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 
 import torch.distributed as dist
+
+from pipeline.file_digest import sha256_file
 
 log = logging.getLogger("sista.train")
 MARKER = "COMPLETE.json"  # the marker file of pipeline.train.checkpoint
@@ -23,18 +24,10 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint to resume from; the message names the broken files."""
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_digests(folder: Path) -> dict[str, str]:
     """sha256 of every file of a checkpoint folder but its marker, by path relative to the folder."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER and not p.name.endswith(".tmp"))
-    return {p.relative_to(folder).as_posix(): _sha256(p) for p in files}
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
 
 
 def broken_files(folder: Path, rank: int, world: int) -> list[str]:
@@ -50,7 +43,7 @@ def broken_files(folder: Path, rank: int, world: int) -> list[str]:
         path = folder / name
         if not path.is_file():
             broken.append(f"{name} (missing)")
-        elif _sha256(path) != recorded[name]:
+        elif sha256_file(path) != recorded[name]:
             broken.append(f"{name} (sha256 differs)")
     return broken
 

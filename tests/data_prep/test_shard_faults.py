@@ -23,7 +23,6 @@ from tests.data_prep.mimic_layout import (
     build_small_mimic,
     chest_brightness,
     copy_layout,
-    shard_config,
     write_dicom,
 )
 

@@ -8,8 +8,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from test_loader import data_config, epoch_batches, keys
+from test_loader import data_config, epoch_batches, keys, tokenizer
 
+from pipeline.data import Collator, DataPosition, build_epoch_loader
 from pipeline.data.reading import NoReadableShard, RateLimitedLog
 from pipeline.data.shards import resolve_shards
 
@@ -64,9 +65,6 @@ def test_failing_pipe_command_stops_with_its_error(tiny_shards):
     manifest = tiny_shards(16, 4)
     cfg = data_config(manifest, shard_root="pipe:cat /nonexistent/{path}")
     shards = resolve_shards("train", manifest=str(manifest), shard_root=cfg.shard_root)
-    from pipeline.data import Collator, DataPosition, build_epoch_loader
-    from test_loader import tokenizer
-
     loader = build_epoch_loader(shards, cfg, Collator(tokenizer(), 12), rank=0, world_size=1, seed=0,
                                 accumulation=1, start=DataPosition(0))
     with pytest.raises(NoReadableShard, match=r"pipe:cat /nonexistent/train/train-00000\d\.tar"):
