@@ -69,10 +69,12 @@ class RateLimitedLog:
             self.held, self.last = 0, now
 
 
-def _shard_of(exn: Exception) -> str:
-    """The shard URL an error is about, when webdataset attached it (else '?')."""
+def _shard_and_error(exn: Exception) -> tuple[str, str]:
+    """(the shard URL an error is about, or '?'; the error as one line without the stream objects webdataset adds)."""
     strings = [a for a in getattr(exn, "args", ()) if isinstance(a, str)]
-    return strings[-1] if len(strings) > 1 else "?"  # webdataset appends the URL to the error's args
+    url = strings.pop() if len(strings) > 1 else "?"  # webdataset appends (stream, url) to the error's args
+    text = "; ".join(strings) if strings and url != "?" else str(exn)
+    return url, " ".join(f"{type(exn).__name__}: {text}".split())
 
 
 class CorruptCounter:
@@ -85,8 +87,8 @@ class CorruptCounter:
 
     def __call__(self, exn: Exception) -> bool:
         self.count += 1
-        text = " ".join(f"{type(exn).__name__}: {exn}".split())  # one line, whatever the error's layout
-        self.last_errors[_shard_of(exn)] = text
+        url, text = _shard_and_error(exn)
+        self.last_errors[url] = text
         self.warn.warning("skipping corrupt sample or unreadable shard (%d so far in this worker): %s", self.count, text)
         return True
 

@@ -69,3 +69,22 @@ def test_checkpoint_without_digests_is_taken_as_is(tmp_path):
     with pytest.raises(CheckpointError):
         (folder / COMPLETE).write_text("{not json")
         first_intact([folder], 0, 1)
+
+
+def test_trainer_resumes_from_the_previous_checkpoint(train_manifest, tmp_path):
+    """One rank: a byte flipped in step 4's model states -> the rerun warns, resumes from step 2 and finishes."""
+    from train_helpers import step_losses, tiny_overrides, torchrun
+
+    run_dir = tmp_path / "run"
+    first = torchrun(tiny_overrides(train_manifest, run_dir, schedule__max_steps=4), nproc=1)
+    assert first.returncode == 0, first.stderr[-3000:]
+    newest = run_dir / "checkpoints" / tag_for(4)
+    victim = next(newest.rglob("*model_states.pt"))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    again = torchrun(tiny_overrides(train_manifest, run_dir, schedule__max_steps=5), nproc=1)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"checkpoint {newest} has broken file(s) {victim.relative_to(newest)}" in again.stderr
+    assert f"resumed from {run_dir / 'checkpoints' / tag_for(2)}" in again.stderr
+    assert max(step_losses(run_dir / "steps.jsonl")) == 5
