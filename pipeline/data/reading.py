@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.data.shards import ShardError
+from pipeline.shard_format import META_MEMBER, REPORT_EMBEDDING_MEMBER, TEXT_MEMBER
 
 log = logging.getLogger("pipeline.data.loader")
 
-REQUIRED_MEMBERS = ("txt", "json")
-EMBEDDING_MEMBER = "report_emb.npy"
+REQUIRED_MEMBERS = (TEXT_MEMBER, META_MEMBER)
+EMBEDDING_MEMBER = REPORT_EMBEDDING_MEMBER
 
 
 @dataclass

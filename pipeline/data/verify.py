@@ -9,13 +9,13 @@ per object. A mismatch stops the run before training with a message naming the s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pipeline.data.shards import PIPE_PREFIX, ShardError, ShardList
 from pipeline.file_digest import sha256_file
+from pipeline.shard_format.manifest import ShardManifest, ShardRecord
 
 
-def shard_mismatches(shards: ShardList, records: list[dict[str, Any]], sha256: bool) -> list[str]:
+def shard_mismatches(shards: ShardList, records: list[ShardRecord], sha256: bool) -> list[str]:
     """One 'url: what differs' line per local shard whose size (or sha256) differs from its manifest record."""
     problems = []
     for url, record in zip(shards.urls, records):
@@ -23,16 +23,16 @@ def shard_mismatches(shards: ShardList, records: list[dict[str, Any]], sha256: b
             continue
         path = Path(url)
         size = path.stat().st_size
-        if record.get("bytes") is not None and size != int(record["bytes"]):
-            problems.append(f"{url}: {size} bytes, manifest says {record['bytes']}")
-        elif sha256 and record.get("sha256") and sha256_file(path) != record["sha256"]:
+        if record.bytes is not None and size != record.bytes:
+            problems.append(f"{url}: {size} bytes, manifest says {record.bytes}")
+        elif sha256 and record.sha256 and sha256_file(path) != record.sha256:
             problems.append(f"{url}: sha256 differs from the manifest's")
     return problems
 
 
-def verify_shards(shards: ShardList, manifest: dict[str, Any], sha256: bool) -> None:
+def verify_shards(shards: ShardList, manifest: ShardManifest, sha256: bool) -> None:
     """ShardError naming the shards of ``shards.split`` that do not match ``manifest``; silent when all match."""
-    records = manifest["splits"][shards.split]["shards"]
+    records = list(manifest.split(shards.split, "manifest").shards)
     problems = shard_mismatches(shards, records, sha256)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
