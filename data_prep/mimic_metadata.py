@@ -85,22 +85,46 @@ def find_csv(roots: Sequence[Path], name: str) -> Path:
     raise FileNotFoundError(f"{CSV_PREFIX}{name}.csv[.gz] not found in any of: {tried}")
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a plain or gzipped UTF-8 CSV as dicts; ValueError naming the file when it cannot be parsed."""
+@dataclass(frozen=True)
+class CsvRow:
+    """One data row of a CSV: its line number, its cells, and why it is malformed (None: well-formed)."""
+
+    line: int
+    cells: dict[str, str]
+    problem: str | None
+
+
+def read_csv(path: Path) -> list[CsvRow]:
+    """Rows of a plain or gzipped UTF-8 CSV; a row with too few or too many cells is kept with its problem.
+
+    ValueError naming the file when the file itself cannot be parsed.
+    """
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        return list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
+        reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig")))
+        rows = []
+        for cells in reader:
+            width = len(reader.fieldnames or ())
+            got = sum(1 for k, v in cells.items() if k is not None and v is not None) + len(cells.get(None) or ())
+            problem = None if got == width else f"{path}: line {reader.line_num}: {got} cell(s), header has {width}"
+            rows.append(CsvRow(reader.line_num, {k: v for k, v in cells.items() if k is not None and v is not None}, problem))
+        return rows
     except (OSError, UnicodeDecodeError, csv.Error, EOFError) as err:
         raise ValueError(f"{path}: cannot read CSV: {err}") from err
 
 
-def _require_columns(path: Path, rows: list[dict[str, str]], columns: Iterable[str]) -> None:
+def _require_columns(path: Path, rows: list[CsvRow], columns: Iterable[str]) -> None:
     """ValueError naming the file when a required column is absent."""
     if not rows:
         return
-    missing = [c for c in columns if c not in rows[0]]
+    missing = [c for c in columns if c not in rows[0].cells and rows[0].problem is None]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}")
+
+
+def _row_id(path: Path, row: CsvRow, column: str) -> str:
+    """The row's id (its ``column`` cell) or ``<file>:<line>``."""
+    return (row.cells.get(column) or "").strip() or f"{path.name}:{row.line}"
 
 
 def scan_files(root: Path, extension: str) -> dict[str, Path]:
@@ -152,12 +176,23 @@ def list_candidates(
     filtered = {"view_not_selected": 0, "split_not_selected": 0, "beyond_limit": 0}
 
     split_of: dict[str, str] = {}
-    for row in split_rows:
-        split_of[row["dicom_id"].strip()] = row["split"].strip()
+    bad_split: dict[str, str] = {}  # dicom_id -> why its split row is malformed (skipped once, with its image)
+    for srow in split_rows:
+        dicom_key = (srow.cells.get("dicom_id") or "").strip()
+        if srow.problem is not None:
+            if dicom_key:
+                bad_split[dicom_key] = srow.problem
+            else:
+                listing.skipped.append(Skip(_row_id(split_path, srow, "dicom_id"), "bad_csv_row", srow.problem))
+            continue
+        split_of[dicom_key] = srow.cells["split"].strip()
     labels_of: dict[tuple[int, int], tuple[float | None, ...] | str] = {}
-    for number, row in enumerate(label_rows, start=2):
+    for lrow in label_rows:
+        row, number = lrow.cells, lrow.line
         try:
             key = (int(row["subject_id"]), int(row["study_id"]))
+            if lrow.problem is not None:
+                raise ValueError(lrow.problem)
             labels_of[key] = _parse_labels(row)
         except (ValueError, KeyError, TypeError) as err:
             listing.skipped.append(Skip(f"{label_path.name}:{number}", "bad_csv_row", f"{label_path}: row {number}: {err}"))
@@ -168,9 +203,15 @@ def list_candidates(
 
     wanted_views = {v.upper() for v in views}
     known_ids: set[str] = set()
-    for number, row in enumerate(meta_rows, start=2):
+    for mrow in meta_rows:
+        row, number = mrow.cells, mrow.line
         dicom_id = (row.get("dicom_id") or "").strip()
+        if dicom_id and dicom_id in known_ids:
+            listing.skipped.append(Skip(dicom_id, "duplicate_csv_row", f"{meta_path}: row {number}: {dicom_id} listed again"))
+            continue
         try:
+            if mrow.problem is not None:
+                raise ValueError(mrow.problem)
             subject_id, study_id = int(row["subject_id"]), int(row["study_id"])
         except (ValueError, KeyError, TypeError) as err:
             listing.skipped.append(Skip(dicom_id or f"{meta_path.name}:{number}", "bad_csv_row", f"{meta_path}: row {number}: {err}"))
@@ -198,6 +239,9 @@ def list_candidates(
             filtered["view_not_selected"] += 1
             continue
         split = split_of.get(dicom_id)
+        if split is None and dicom_id in bad_split:
+            listing.skipped.append(Skip(dicom_id, "bad_csv_row", bad_split[dicom_id]))
+            continue
         if split is None:
             listing.skipped.append(Skip(dicom_id, "missing_split_row", f"{dicom_id} not in {split_path}"))
             continue

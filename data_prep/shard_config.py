@@ -35,6 +35,7 @@ class ShardConfig:
     max_skip_fraction: float
     num_tasks: int
     task_index: int
+    max_aspect_ratio: float
     mimic_root: Optional[Path] = None
     out: Optional[Path] = None
     jpg_root: Optional[Path] = None
@@ -62,6 +63,7 @@ class ShardConfig:
             (self.num_tasks >= 1, f"num_tasks must be >= 1, got {self.num_tasks}"),
             (0 <= self.task_index < self.num_tasks, f"task_index must be in [0, num_tasks), got {self.task_index}"),
             (self.limit is None or self.limit >= 0, f"limit must be >= 0, got {self.limit}"),
+            (self.max_aspect_ratio >= 1.0, f"max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -13,6 +13,7 @@ candidate list minus the skipped ones, so the bytes never depend on workers or t
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import multiprocessing as mp
@@ -23,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from tqdm import tqdm
 
 from data_prep.mimic_metadata import CHEXPERT_LABELS, list_candidates
 from data_prep.shard_config import ShardConfig
+from data_prep.shard_lock import ShardLockError, ShardLocks
 from data_prep.shard_manifest import (
     finish,
     merge_manifests,
@@ -49,6 +52,9 @@ log = logging.getLogger("sista.shard_mimic")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "data" / "mimic.yaml"
 _VERSIONED = ("sista-pipeline", "numpy", "pydicom", "pillow", "pylibjpeg", "pylibjpeg-openjpeg",
               "pylibjpeg-libjpeg", "torch", "transformers")
+
+# Exit codes of the command line (docs/sharding.md, Faults).
+EXIT_BAD_INPUT, EXIT_CONFIG, EXIT_WRITE_FAILED, EXIT_WORKER_DIED, EXIT_LOCKED = 1, 2, 3, 4, 5
 
 __all__ = ["ShardConfig", "main", "merge_manifests", "shard_mimic"]
 
@@ -81,6 +87,7 @@ def _settings(cfg: ShardConfig) -> SampleSettings:
         report_encoder=cfg.report_encoder,
         encoder_batch_size=cfg.encoder_batch_size,
         encoder_max_length=cfg.encoder_max_length,
+        max_aspect_ratio=cfg.max_aspect_ratio,
     )
 
 
@@ -197,7 +204,17 @@ def shard_mimic(cfg: ShardConfig) -> dict[str, Any]:
     jobs = plan_shards(listing.candidates, cfg.shard_size)
     own = [job for job in jobs if job.index % cfg.num_tasks == cfg.task_index]
     out_dir.mkdir(parents=True, exist_ok=True)
+    locks = ShardLocks(out_dir)
+    locks.acquire((job.split, job.index, job.relative_path) for job in own)
+    try:
+        return _write_own_shards(cfg, out_dir, listing, encoder, jobs, own, started)
+    finally:
+        locks.release()
 
+
+def _write_own_shards(cfg: ShardConfig, out_dir: Path, listing: Any, encoder: dict[str, Any] | None,
+                      jobs: list[ShardJob], own: list[ShardJob], started: float) -> dict[str, Any]:
+    """Write (or keep, with --resume) this task's shards under its locks; return the (partial) manifest."""
     for job in own:
         remove_leftovers(out_dir, job.relative_path)
     settings = _settings(cfg)
@@ -302,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(ShardConfig, args.config, [*args.overrides, *flag_overrides(args)])
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
@@ -313,9 +330,22 @@ def main(argv: list[str] | None = None) -> int:
             manifest = merge_manifests(cfg.out, cfg.num_tasks)
         else:
             manifest = shard_mimic(cfg)
+    except ShardLockError as err:
+        log.error("%s", err)
+        return EXIT_LOCKED
+    except BrokenProcessPool:
+        log.error("%s: a sharder worker process died (killed by a signal or the out-of-memory killer): lower --workers "
+                  "if memory is short, then rerun with --resume (finished shards are kept)", cfg.out)
+        return EXIT_WORKER_DIED
     except (ValueError, FileNotFoundError) as err:
         log.error("%s", err)
-        return 1
+        return EXIT_BAD_INPUT
+    except OSError as err:
+        where = Path(err.filename).parent if err.filename else cfg.out
+        what = "no space left on the device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        log.error("%s: %s while writing shards: free space (or fix the folder), then rerun with --resume "
+                  "(finished shards are kept and verified)", where, what)
+        return EXIT_WRITE_FAILED
     if cfg.num_tasks > 1 and not args.merge:
         log.info("task %d of %d done; merge with --merge --num-tasks %d", cfg.task_index, cfg.num_tasks, cfg.num_tasks)
         return 0
@@ -326,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     problem = outcome_problem(manifest, cfg.max_skip_fraction)
     if problem:
         log.error("%s", problem)
-        return 1
+        return EXIT_BAD_INPUT
     return 0
 
 

@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from data_prep.input_files import NOT_REGULAR, aspect_problem, non_regular_problem
 from data_prep.mimic_metadata import CHEXPERT_LABELS, Candidate, Skip
 from data_prep.png_writer import WRITER_VERSION as PNG_WRITER_VERSION
 from data_prep.png_writer import grayscale_png
 from data_prep.report_embedding import ReportEncoder, npy_bytes
 from data_prep.reports import count_words, extract_sections, training_text
 from data_prep.shard_writer import remove_leftovers, state_path, write_tar
-from pipeline.dicom_pixels import DicomReadError, dicom_to_image, quantize, resize_short_side
+from pipeline.dicom_pixels import DicomReadError, dicom_to_image, quantize, read_dicom, resize_short_side
 from pipeline.shard_format import (
     META_MEMBER,
     REPORT_EMBEDDING_MEMBER,
@@ -54,6 +55,7 @@ class SampleSettings:
     report_encoder: str | None
     encoder_batch_size: int
     encoder_max_length: int
+    max_aspect_ratio: float
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,10 @@ def _encoder(settings: SampleSettings) -> ReportEncoder:
 
 
 def read_report(path: Path) -> str:
-    """The report text; SampleSkipped for a missing, unreadable or empty report."""
+    """The report text; SampleSkipped for a missing, unreadable, non-regular or empty report."""
+    problem = non_regular_problem(path)
+    if problem:
+        raise SampleSkipped(NOT_REGULAR, problem)
     try:
         raw = path.read_bytes()
     except FileNotFoundError as err:
@@ -116,10 +121,13 @@ def report_text(path: Path, settings: SampleSettings) -> tuple[dict[str, Any], s
     return kept, text, source
 
 
-def load_jpg_image(path: Path, size: int, bits: int) -> tuple[np.ndarray, dict[str, Any], tuple[int, int]]:
+def load_jpg_image(path: Path, size: int, bits: int, max_aspect: float) -> tuple[np.ndarray, dict[str, Any], tuple[int, int]]:
     """A MIMIC-CXR-JPG image (already windowed, air dark) resized and quantised like a DICOM."""
     try:
         with Image.open(path) as pil:
+            problem = aspect_problem(pil.height, pil.width, max_aspect)
+            if problem:
+                raise SampleSkipped("extreme_aspect_ratio", f"{path}: {problem}")
             pil.load()
             gray = np.asarray(pil.convert("L"), dtype=np.float32) / 255.0
     except (OSError, ValueError, SyntaxError) as err:
@@ -146,16 +154,24 @@ def encode_image(image: np.ndarray, extension: str, jpg_quality: int, png_compre
 def build_sample(candidate: Candidate, settings: SampleSettings) -> tuple[list[tuple[str, bytes]], str]:
     """(tar members without the embedding, training text) of one candidate; SampleSkipped on bad input."""
     sections, text, source = report_text(candidate.report_path, settings)
+    problem = non_regular_problem(candidate.image_path)
+    if problem:
+        raise SampleSkipped(NOT_REGULAR, problem)
     if settings.image_source == "dicom":
         try:
+            ds = read_dicom(candidate.image_path)
+            problem = aspect_problem(int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), settings.max_aspect_ratio)
+            if problem:
+                raise SampleSkipped("extreme_aspect_ratio", f"{candidate.image_path}: {problem}")
             image, transform, original = dicom_to_image(
-                candidate.image_path, settings.image_size, settings.output_bits, settings.window
+                candidate.image_path, settings.image_size, settings.output_bits, settings.window, ds
             )
         except DicomReadError as err:
             raise SampleSkipped(err.reason, str(err)) from err
         transform = {"source": "dicom", **transform}
     else:
-        image, transform, original = load_jpg_image(candidate.image_path, settings.image_size, settings.output_bits)
+        image, transform, original = load_jpg_image(candidate.image_path, settings.image_size, settings.output_bits,
+                                                     settings.max_aspect_ratio)
     meta = SampleMeta(
         subject_id=candidate.subject_id,
         study_id=candidate.study_id,

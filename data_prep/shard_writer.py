@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pipeline.file_digest import sha256_file
 from pipeline.shard_format.atomic import TMP_MARK, temp_path
 from pipeline.shard_format.layout import STATE_DIR
 
@@ -71,19 +72,14 @@ def write_tar(path: Path, samples: Iterable[tuple[str, list[tuple[str, bytes]]]]
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None:  # a failed write (ENOSPC, EIO) names no file: name the shard's
+            raise OSError(err.errno, err.strerror, str(tmp)) from err
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
     return count, hashing.size, hashing.sha256.hexdigest()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def state_path(out_dir: Path, relative_shard: str) -> Path:

@@ -63,6 +63,13 @@ class ConfigError(ValueError):
     """A config problem; the message names the key and where its value came from."""
 
 
+def require(checks: Sequence[tuple[bool, str]]) -> None:
+    """Raise ValueError with the message of the first failed ``(ok, message)`` check (schema ``__post_init__``)."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
 # --------------------------------------------------------------------------- YAML + merging
 
 
@@ -327,7 +334,7 @@ def _build(schema: type[T], tree: Mapping[str, Any], origins: Mapping[str, str],
     try:
         return schema(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{_origin_of(prefix.rstrip('.'), origins)}: {prefix or 'config'}: {err}") from err
+        raise ConfigError(f"{_origin_of(prefix.rstrip('.'), origins)}: {prefix.rstrip('.') or 'config'}: {err}") from err
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
@@ -436,6 +443,7 @@ __all__ = [
     "parse_override",
     "preset_file",
     "presets",
+    "require",
     "safe_load",
     "save_config",
     "to_dict",

@@ -30,6 +30,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.data.batch import Batch
 from pipeline.data.collate import Collator, Sample
+from pipeline.data.reading import (
+    CorruptCounter,
+    NoReadableShard,
+    RateLimitedLog,
+    ReadingConfig,
+    bounded_passes,
+    check_complete,
+)
 from pipeline.data.shards import ShardError, ShardList
 from pipeline.data.transforms import (
     TransformConfig,
@@ -61,6 +69,21 @@ class DataConfig:
     shuffle_initial: int
     epoch_samples: int | None  # samples per epoch (default: the split's count)
     transform: TransformConfig
+    reading: ReadingConfig
+
+    def __post_init__(self) -> None:
+        for ok, message in [
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
+            (self.prefetch_factor >= 1, f"prefetch_factor must be >= 1, got {self.prefetch_factor}"),
+            (self.shuffle_buffer >= 1, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}"),
+            (0 <= self.shuffle_initial <= self.shuffle_buffer,
+             f"shuffle_initial must be in [0, shuffle_buffer], got {self.shuffle_initial}"),
+            (self.epoch_samples is None or self.epoch_samples >= 1, f"epoch_samples must be null or >= 1, got {self.epoch_samples}"),
+            (self.num_samples is None or self.num_samples >= 1, f"num_samples must be null or >= 1, got {self.num_samples}"),
+        ]:
+            if not ok:
+                raise ValueError(message)
 
 
 @dataclass
@@ -119,18 +142,6 @@ def split_by_worker(urls: list[str], worker: int, num_workers: int) -> list[str]
     return urls[worker::num_workers]
 
 
-class CorruptCounter:
-    """The one error handler of the pipeline: log the bad sample or shard, count it, continue."""
-
-    def __init__(self, start: int = 0) -> None:
-        self.count = start
-
-    def __call__(self, exn: Exception) -> bool:
-        self.count += 1
-        log.warning("skipping corrupt sample (%d so far in this worker): %s", self.count, exn)
-        return True
-
-
 class RawCursor:
     """Counts raw samples leaving the shuffle buffer and skips the first ``skip`` (resume)."""
 
@@ -145,17 +156,18 @@ class RawCursor:
                 yield sample
 
 
-def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
-    """Decode the members of one tar sample: image tensor [1,H,W] in [0,1], text, metadata, embedding."""
+def decode_sample(raw: dict[str, Any], with_embedding: bool = False) -> dict[str, Any]:
+    """Decode the members of one tar sample: image tensor [1,H,W] in [0,1], text, metadata, embedding.
+
+    ``with_embedding``: the shards carry report embeddings, so a sample without one is incomplete.
+    """
     key = raw.get("__key__", "?")
     where = f"sample {key} in {raw.get('__url__', '?')}"
     try:
         ext = image_extension(raw)
         if ext is None:
             raise ValueError(f"no image member (expected one of {IMAGE_EXTENSIONS}; has {sorted(raw)})")
-        for member in ("txt", "json"):
-            if member not in raw:
-                raise ValueError(f"no {member} member")
+        check_complete(raw, with_embedding)
         _, labels = read_sample_meta(raw["json"], where)
         emb = None
         if REPORT_EMBEDDING_MEMBER in raw:
@@ -218,13 +230,15 @@ class TrainStream(IterableDataset):
     def _raw_samples(self, worker: int, errors: CorruptCounter) -> Iterator[dict[str, Any]]:
         """Endless passes over this worker's shards, each pass shuffled on its own (so a pass is complete)."""
         rng = random.Random(f"samples/{self.seed}/{self.start.epoch}/{self.rank}/{worker}")
-        for pass_index in itertools.count():
-            pass_stream = wds.DataPipeline(
+
+        def one_pass(pass_index: int) -> Iterator[dict[str, Any]]:
+            return iter(wds.DataPipeline(
                 wds.SimpleShardList(self._pass_shards(worker, pass_index)),
                 wds.tarfile_to_samples(handler=errors),
                 wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_initial, rng=rng),
-            )
-            yield from pass_stream
+            ))
+
+        yield from bounded_passes(one_pass, lambda i: self._pass_shards(worker, i), self.cfg.reading, errors)
 
     def _to_sample(self, decoded: dict[str, Any]) -> Sample:
         """Apply the training transform with the sample's own generator."""
@@ -239,12 +253,14 @@ class TrainStream(IterableDataset):
             return
         cursors = self.start.cursors or [0] * self.num_workers
         corrupt = self.start.corrupt or [0] * self.num_workers
-        errors = CorruptCounter(corrupt[worker])
+        reading = self.cfg.reading
+        errors = CorruptCounter(corrupt[worker], RateLimitedLog(reading.warn_burst, reading.warn_interval_s))
         cursor = RawCursor(cursors[worker])
+        with_embedding = bool(self.shards.report_embeddings)
         pipeline = wds.DataPipeline(
             lambda: self._raw_samples(worker, errors),  # shard list -> node -> worker -> tar -> shuffle
             cursor,
-            wds.map(decode_sample, handler=errors),
+            wds.map(lambda raw: decode_sample(raw, with_embedding), handler=errors),
             wds.map(self._to_sample, handler=errors),
             lambda samples: batch_samples(samples, self.cfg.batch_size, self.collator),
         )
@@ -306,11 +322,19 @@ class EpochLoader:
         return sum(self.position.corrupt)
 
     def __iter__(self) -> Iterator[Batch]:
+        try:
+            for batch, _ in self._batches():
+                yield batch
+        except NoReadableShard as err:  # from a loader worker: its message carries the worker's traceback
+            last = str(err).strip().splitlines()[-1]
+            raise NoReadableShard(last.split(f"{NoReadableShard.__name__}: ", 1)[-1]) from None
+
+    def _batches(self) -> Iterator[tuple[Batch, tuple[int, int, int]]]:
         for batch, (worker, cursor, corrupt) in self.loader:
             self.position.micro_batches += 1
             self.position.cursors[worker] = cursor
             self.position.corrupt[worker] = corrupt
-            yield batch
+            yield batch, (worker, cursor, corrupt)
 
 
 def build_epoch_loader(
@@ -340,7 +364,7 @@ def load_fixed_batch(shards: ShardList, cfg: DataConfig, collator: Collator, cou
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(list(shards.urls)),
         wds.tarfile_to_samples(handler=errors),
-        wds.map(decode_sample, handler=errors),
+        wds.map(lambda raw: decode_sample(raw, bool(shards.report_embeddings)), handler=errors),
     )
     samples = []
     for decoded in itertools.islice(pipeline, count):

@@ -22,6 +22,7 @@ class ShardList:
     urls: tuple[str, ...]
     num_samples: int
     shard_samples: tuple[int, ...] | None = None
+    report_embeddings: bool | None = None  # every sample has report_emb.npy (manifest's report_encoder); None: unknown
 
     def __len__(self) -> int:
         """Number of shards."""
@@ -30,9 +31,11 @@ class ShardList:
 
 def shards_from_manifest(manifest_location: str, split: str, shard_root: str | None = None) -> ShardList:
     """The shards of ``split`` listed in a manifest, as URLs (see :func:`shard_url`)."""
-    entry = read_manifest(manifest_location).split(split, manifest_location)
+    manifest = read_manifest(manifest_location)
+    entry = manifest.split(split, manifest_location)
     urls = tuple(shard_url(s.path, manifest_location, shard_root) for s in entry.shards)
-    return ShardList(split, urls, entry.num_samples, tuple(s.num_samples for s in entry.shards))
+    return ShardList(split, urls, entry.num_samples, tuple(s.num_samples for s in entry.shards),
+                     manifest.report_encoder is not None)
 
 
 def shards_from_pattern(pattern: str, num_samples: int, split: str) -> ShardList:

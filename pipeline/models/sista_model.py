@@ -137,6 +137,14 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast | None = No
     return model
 
 
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file; ValueError naming the file when it is truncated or not safetensors."""
+    try:
+        return safetensors.torch.load_file(str(path))
+    except (safetensors.SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable .safetensors file ({err}): re-export the model or copy it again") from err
+
+
 def load_exported(model_dir: str | Path) -> SistaModel:
     """Load a :meth:`SistaModel.export` folder (safetensors only; nothing is unpickled)."""
     root = Path(model_dir)
@@ -151,9 +159,9 @@ def load_exported(model_dir: str | Path) -> SistaModel:
         text=dataclasses.replace(saved.text, name=text_dir, tiny=None, tokenizer=text_dir, keep_layers=None),
     )
     model = build_model(cfg)
-    trunk_state = safetensors.torch.load_file(str(root / IMAGE_DIR / TIMM_WEIGHTS))
+    trunk_state = _read_safetensors(root / IMAGE_DIR / TIMM_WEIGHTS)
     model.image_encoder.trunk.load_state_dict(trunk_state, strict=True)
-    heads = safetensors.torch.load_file(str(root / HEADS_FILE))
+    heads = _read_safetensors(root / HEADS_FILE)
     expected = set(model.head_state_dict())
     if set(heads) != expected:
         raise ValueError(

@@ -26,6 +26,7 @@ import torch
 
 from pipeline import job_env
 from pipeline.data import DataPosition
+from pipeline.train.checkpoint_verify import file_digests, first_intact
 from pipeline.train.config import PretrainConfig, checkpoint_dir
 
 log = logging.getLogger(__name__)
@@ -128,9 +129,16 @@ def find_resume_point(ckpt_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
-def resume_checkpoint(cfg: PretrainConfig) -> Path | None:
-    """The folder the trainer of ``cfg`` resumes from (``checkpoint.resume`` in its checkpoint dir), None: fresh."""
-    return find_resume_point(checkpoint_dir(cfg), cfg.checkpoint.resume)
+def resume_checkpoint(cfg: PretrainConfig, rank: int = 0, world_size: int = 1) -> Path | None:
+    """The folder the trainer of ``cfg`` resumes from (``checkpoint.resume`` in its checkpoint dir), None: fresh.
+
+    With ``latest``, a checkpoint with a broken file is passed over for the previous complete one (all ranks agree).
+    """
+    chosen = find_resume_point(checkpoint_dir(cfg), cfg.checkpoint.resume)
+    if chosen is None:
+        return None
+    older = [p for p in reversed(complete_checkpoints(checkpoint_dir(cfg))) if p.name < chosen.name]
+    return first_intact([chosen, *(older if cfg.checkpoint.resume == "latest" else [])], rank, world_size)
 
 
 def prune(ckpt_dir: Path, keep_last: int) -> None:
@@ -155,7 +163,8 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, state: TrainState, rank: int, w
     torch.save(_torch_rng(), folder / f"rng_rank{rank:05d}.pt")
     job_env.barrier()
     if rank == 0:
-        marker = {"step": state.step, "epoch": state.epoch, "world_size": world_size, "time": time.time()}
+        marker = {"step": state.step, "epoch": state.epoch, "world_size": world_size, "time": time.time(),
+                  "files": file_digests(folder)}
         _write_atomic(folder / COMPLETE, json.dumps(marker))
         prune(ckpt_dir, keep_last)
         log.info("checkpoint %s complete (step %d)", folder, state.step)

@@ -10,6 +10,7 @@ from pipeline.config import add_config_arguments, config_from_args
 from pipeline.data.shards import ShardError
 from pipeline.job_env import WorldSizeError
 from pipeline.logging_setup import setup_logging
+from pipeline.train.checkpoint_verify import CheckpointError
 from pipeline.train.config import PretrainConfig
 from pipeline.train.faults import BadStepError
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return fit(build_run(cfg))
-    except (ShardError, BadStepError) as err:
+    except (ShardError, BadStepError, CheckpointError) as err:
         logging.getLogger("sista.train").error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         return 1

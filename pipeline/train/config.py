@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from pipeline.config import require
 from pipeline.data import DataConfig
 from pipeline.losses import LossConfig
 from pipeline.models.config import ModelConfig
@@ -24,8 +25,14 @@ class OptimConfig:
     no_decay_patterns: list[str]  # name substrings without weight decay (besides every 0-/1-D parameter)
 
     def __post_init__(self) -> None:
-        if self.accumulation_steps < 1:
-            raise ValueError(f"optim.accumulation_steps must be >= 1, got {self.accumulation_steps}")
+        require([
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (all(0 <= b < 1 for b in self.betas), f"betas must be in [0, 1), got {list(self.betas)}"),
+            (self.eps > 0, f"eps must be > 0, got {self.eps}"),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables), got {self.grad_clip}"),
+            (self.accumulation_steps >= 1, f"accumulation_steps must be >= 1, got {self.accumulation_steps}"),
+        ])
 
 
 @dataclass
@@ -36,6 +43,14 @@ class ScheduleConfig:
     warmup_steps: int
     min_lr_ratio: float
     max_steps: Optional[int] = None  # stop (and end the schedule) after this many steps
+
+    def __post_init__(self) -> None:
+        require([
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"),
+            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be null or >= 1, got {self.max_steps}"),
+        ])
 
 
 # The DeepSpeed keys the trainer fills from this config (one source of truth: the YAML, not the JSON).
@@ -73,6 +88,12 @@ class CheckpointConfig:
     export_at_end: bool = False
     dir: Optional[str] = None
 
+    def __post_init__(self) -> None:
+        require([
+            (self.every_steps >= 1, f"every_steps must be >= 1, got {self.every_steps}"),
+            (self.keep_last >= 0, f"keep_last must be >= 0 (0 keeps all), got {self.keep_last}"),
+        ])
+
 
 @dataclass
 class TrackingConfig:
@@ -87,6 +108,14 @@ class TrackingConfig:
     uri: Optional[str] = None
     run_id: Optional[str] = None  # log into this existing run on a fresh start (a resumed run keeps its own)
 
+    def __post_init__(self) -> None:
+        require([
+            (self.log_every_steps >= 1, f"log_every_steps must be >= 1, got {self.log_every_steps}"),
+            (self.figure_every_steps >= 0, f"figure_every_steps must be >= 0 (0 disables), got {self.figure_every_steps}"),
+            (self.figure_images >= 1, f"figure_images must be >= 1, got {self.figure_images}"),
+            (self.figure_words >= 1, f"figure_words must be >= 1, got {self.figure_words}"),
+        ])
+
 
 @dataclass
 class FaultsConfig:
@@ -97,6 +126,13 @@ class FaultsConfig:
     inject_nan_steps: list[int] = field(default_factory=list)  # make the loss NaN at these steps (testing)
     inject_nan_rank: int = 0
 
+    def __post_init__(self) -> None:
+        require([
+            (self.max_consecutive_bad_steps >= 1,
+             f"max_consecutive_bad_steps must be >= 1, got {self.max_consecutive_bad_steps}"),
+            (self.collective_timeout_s >= 1, f"collective_timeout_s must be >= 1, got {self.collective_timeout_s}"),
+        ])
+
 
 @dataclass
 class RunConfig:
@@ -106,6 +142,9 @@ class RunConfig:
     name: str
     seed: int
     max_minutes: Optional[float] = None  # stop cleanly (checkpoint, exit 0) after this wall time
+
+    def __post_init__(self) -> None:
+        require([(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be null or > 0, got {self.max_minutes}")])
 
 
 @dataclass

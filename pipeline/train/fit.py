@@ -92,7 +92,7 @@ def _agree_with_budget(run: TrainRun, loss: torch.Tensor, started: float) -> tup
 def _start(run: TrainRun) -> ckpt.TrainState:
     """Resume or start fresh; start MLflow; save the resolved configs."""
     cfg = run.cfg
-    folder = ckpt.resume_checkpoint(cfg)
+    folder = ckpt.resume_checkpoint(cfg, run.rank, run.world)
     if folder is not None:
         state = ckpt.load_checkpoint(run.engine, folder, run.rank, run.world)
         log.info("resumed from %s: epoch %d, step %d, %d samples seen", folder, state.epoch, state.step,

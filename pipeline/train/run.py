@@ -11,7 +11,8 @@ import torch
 
 from pipeline import job_env
 from pipeline.data import Collator, micro_batches_per_epoch
-from pipeline.data.shards import ShardList, resolve_shards
+from pipeline.data.shards import ShardError, ShardList, resolve_shards
+from pipeline.data.verify import verify_shards
 from pipeline.logging_setup import setup_logging
 from pipeline.losses import LossContext, Objective, build_objective
 from pipeline.models import build_model, build_tokenizer
@@ -89,6 +90,17 @@ def _report_pooling(cfg: PretrainConfig) -> str | None:
     return encoder.pooling if encoder else None
 
 
+def check_data_fits(cfg: PretrainConfig, shards: ShardList, loss: Objective) -> None:
+    """ShardError before training when the shards differ from their manifest or lack what the loss reads."""
+    if cfg.data.manifest is not None:
+        verify_shards(shards, read_manifest(cfg.data.manifest), cfg.data.reading.verify_sha256)
+    if "report_emb" in loss.needs and shards.report_embeddings is False:
+        raise ShardError(
+            f"{cfg.data.manifest}: the shards have no report embeddings (manifest report_encoder is null) but the "
+            "loss reads them: set loss.options.sia.similarity_source=online (or labels), or re-shard with --report-encoder"
+        )
+
+
 def build_run(cfg: PretrainConfig) -> TrainRun:
     """Set up the process group, data, model, engine, loss and tracker of ``cfg`` on this rank."""
     job_env.prepare_accelerator_env(cfg.engine.device)
@@ -107,6 +119,7 @@ def build_run(cfg: PretrainConfig) -> TrainRun:
     total_steps = min(total, cfg.schedule.max_steps) if cfg.schedule.max_steps else total
 
     loss = build_objective(cfg.loss, LossContext(report_pooling=_report_pooling(cfg), text_pooling=cfg.model.text.pooling))
+    check_data_fits(cfg, shards, loss)
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     tokenizer = build_tokenizer(cfg.model)
     model = build_model(cfg.model, tokenizer)

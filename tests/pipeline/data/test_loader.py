@@ -40,6 +40,7 @@ def data_config(manifest_path: Path, **over) -> DataConfig:
             "rotate_degrees": 5.0, "translate": 0.05, "scale": [0.95, 1.05], "brightness": 0.1, "contrast": 0.1,
             "mean": 0.5, "std": 0.25, "channels": 3,
         },
+        "reading": {"retries": 1, "retry_wait_s": 0.0, "warn_burst": 5, "warn_interval_s": 30.0, "verify_sha256": False},
     }
     tree.update(over)
     return config_from_dict(DataConfig, tree)
