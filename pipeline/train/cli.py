@@ -28,14 +28,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return fit(build_run(cfg))
-    except (ShardError, BadStepError, CheckpointError) as err:
+    except (ShardError, BadStepError, CheckpointError, WorldSizeError) as err:
         logging.getLogger("sista.train").error("%s", err)
         print(f"error: {err}", file=sys.stderr)
-        return 1
-    except WorldSizeError as err:
-        logging.getLogger("sista.train").error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(err, WorldSizeError) else 1  # 2: how it was started, 1: what it found
 
 
 if __name__ == "__main__":
