@@ -18,17 +18,17 @@ from pipeline.eval.adapters.base import ImageLoader
 EVAL_WINDOW = WindowSettings(use_file_voi=True, percentile_low=0.5, percentile_high=99.5)
 
 
-def read_dicom(path: Path) -> torch.Tensor:
-    """Read a single-frame grayscale DICOM to float32 ``[1, H, W]`` in [0, 1], air dark.
+def read_dicom(path: Path, window: WindowSettings | None = None) -> torch.Tensor:
+    """Read a single-frame grayscale DICOM to float32 ``[1, H, W]`` in [0, 1], air dark (``window`` None: the default).
 
     Raises FileNotFoundError for a missing file, ValueError naming the file for one that cannot be read.
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such DICOM file")
-    unit, _, _ = dicom_to_unit(path, EVAL_WINDOW)
+    unit, _, _ = dicom_to_unit(path, window or EVAL_WINDOW)
     return torch.from_numpy(unit).unsqueeze(0)
 
 
-def dicom_loader(path: Path) -> ImageLoader:
-    """A zero-argument loader for one DICOM file (read when called)."""
-    return lambda: read_dicom(path)
+def dicom_loader(path: Path, window: WindowSettings | None = None) -> ImageLoader:
+    """A zero-argument loader for one DICOM file (read when called; ``window`` None: :data:`EVAL_WINDOW`)."""
+    return lambda: read_dicom(path, window)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.dicom_pixels import WindowSettings
 from pipeline.eval.adapters.base import LabelledImages
 from pipeline.eval.adapters.dicom import dicom_loader
 
@@ -19,8 +20,11 @@ LABELS_FILE = "stage_2_train_labels.csv"
 IMAGES_DIR = "stage_2_train_images"
 
 
-def load_rsna(root: Path) -> LabelledImages:
-    """Read the labelled RSNA pool: one binary label (pneumonia) per patientId, in CSV order."""
+def load_rsna(root: Path, window: WindowSettings | None = None) -> LabelledImages:
+    """Read the labelled RSNA pool: one binary label (pneumonia) per patientId, in CSV order.
+
+    ``window``: the DICOM display window of the training shards (None: the sharder's default).
+    """
     csv_path = Path(root) / LABELS_FILE
     if not csv_path.is_file():
         raise FileNotFoundError(f"RSNA labels file not found: {csv_path}")
@@ -44,7 +48,7 @@ def load_rsna(root: Path) -> LabelledImages:
         path = Path(root) / IMAGES_DIR / f"{pid}.dcm"
         if not path.is_file():
             raise FileNotFoundError(f"{csv_path}: patientId {pid!r} has no image {path}")
-        loaders.append(dicom_loader(path))
+        loaders.append(dicom_loader(path, window))
     return LabelledImages(
         name="rsna",
         ids=ids,
