@@ -53,14 +53,12 @@ def tiny_model_config(repo_root: Path, minilm_dir: Path) -> ModelConfig:
 
 def export_run(model, cfg: ModelConfig, run_dir: Path, loss_cfg: LossConfig) -> Path:
     """Write ``run_dir/export`` with its ``sista_export.json``; an MLflow run in ``run_dir/mlflow.db`` stands for the training run."""
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
     run_dir.mkdir(parents=True, exist_ok=True)
     model.export(run_dir / "export")
     uri = f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_name="pretrain") as run:
-        pass
+    run = MlflowClient(uri).create_run("0", run_name="pretrain")  # the Default experiment; no global URI set
     write_description(run_dir / "export", ExportDescription(
         schema_version=SCHEMA_VERSION,
         preprocessing=Preprocessing(
