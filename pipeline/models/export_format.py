@@ -16,7 +16,7 @@ from typing import Literal, Optional
 
 from pipeline.config import ConfigError, config_from_dict, to_dict
 from pipeline.data.transforms import TransformConfig
-from pipeline.dicom_pixels import WindowSettings
+from pipeline.shard_format import WindowSettings
 
 SCHEMA_VERSION = 1
 EXPORT_FILE = "sista_export.json"

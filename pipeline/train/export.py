@@ -19,7 +19,7 @@ import torch
 
 from pipeline.config import ConfigError, load_config, to_yaml
 from pipeline.data import DataConfig
-from pipeline.data.shards import ShardError, read_manifest
+from pipeline.data.shards import ShardError
 from pipeline.models import build_model
 from pipeline.models.export_format import (
     EXPORT_FILE,
@@ -34,6 +34,7 @@ from pipeline.models.export_format import (
 )
 from pipeline.models.sista_model import TEXT_DIR
 from pipeline.resources import config_root
+from pipeline.shard_format import read_manifest
 
 log = logging.getLogger(__name__)
 GIT_COMMIT_ENV = "SISTA_GIT_COMMIT"  # set where the source has no .git (e.g. a Docker build argument)
@@ -60,22 +61,16 @@ def full_fp32_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def shard_window(data: DataConfig) -> DicomWindow | None:
-    """The DICOM window the training shards were made with (the manifest's sharder args), None when unknown.
-
-    The one place that reads it; it moves to the shard-format owner once the manifest records it typed.
-    """
+    """The DICOM window the training shards were made with (their manifest's ``image.window``), None when unknown."""
     if data.manifest is None:
         return None
     try:
-        manifest = read_manifest(data.manifest)
-    except ShardError as err:
+        image = read_manifest(data.manifest).image
+    except (ShardError, ValueError) as err:
         log.warning("no DICOM window in the export: %s", err)
         return None
-    args = manifest.get("args") or {}
-    window = args.get("window")
-    if args.get("image_source", "dicom") != "dicom" or not isinstance(window, dict):
-        return None  # JPG-sourced shards were windowed by MIMIC-CXR-JPG, not by us
-    return DicomWindow(bool(window["use_file_voi"]), float(window["percentile_low"]), float(window["percentile_high"]))
+    window = None if image is None else image.window
+    return None if window is None else DicomWindow(window.use_file_voi, window.percentile_low, window.percentile_high)
 
 
 def git_commit() -> str | None:

@@ -2,7 +2,8 @@
 
 The CSV has one row per box (``patientId,x,y,width,height,Target``), and a single row with
 empty box cells for an image without pneumonia. Only the training images carry labels, so the
-linear probe splits this pool itself (split files written once and reused).
+linear probe splits this pool itself (split files written once and reused). Films are displayed
+with the DICOM window of the training shards (``window``, from their manifest).
 """
 
 from __future__ import annotations
@@ -12,19 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.dicom_pixels import WindowSettings
 from pipeline.eval.adapters.base import LabelledImages
 from pipeline.eval.adapters.dicom import dicom_loader
+from pipeline.shard_format import WindowSettings
 
 LABELS_FILE = "stage_2_train_labels.csv"
 IMAGES_DIR = "stage_2_train_images"
 
 
-def load_rsna(root: Path, window: WindowSettings | None = None) -> LabelledImages:
-    """Read the labelled RSNA pool: one binary label (pneumonia) per patientId, in CSV order.
-
-    ``window``: the DICOM display window of the training shards (None: the sharder's default).
-    """
+def load_rsna(root: Path, window: WindowSettings) -> LabelledImages:
+    """Read the labelled RSNA pool: one binary label (pneumonia) per patientId, in CSV order, films shown with ``window``."""
     csv_path = Path(root) / LABELS_FILE
     if not csv_path.is_file():
         raise FileNotFoundError(f"RSNA labels file not found: {csv_path}")
