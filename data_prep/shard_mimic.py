@@ -49,7 +49,6 @@ from pipeline.shard_format import shard_path, write_json_atomic
 
 log = logging.getLogger("sista.shard_mimic")
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "data" / "mimic.yaml"
 _VERSIONED = ("sista-pipeline", "numpy", "pydicom", "pillow", "pylibjpeg", "pylibjpeg-openjpeg",
               "pylibjpeg-libjpeg", "torch", "transformers")
 
@@ -292,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep complete shards whose checksums match, redo the rest (config key resume)")
     parser.add_argument("--merge", action="store_true",
                         help="merge the partial manifests of --num-tasks tasks into manifest.json, then check")
-    add_config_arguments(parser, default_config=str(DEFAULT_CONFIG))
+    add_config_arguments(parser, default_config="configs/data/mimic.yaml")  # found in the package wherever it is installed
     return parser
 
 

@@ -28,12 +28,13 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from pipeline.resources import config_root, locate
+
 T = TypeVar("T")
 
 BASE_KEY = "base"
 PRESET_KEY = "preset"
 COMMAND_LINE = "command line"
-CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"  # the repository's configs/ folder
 
 
 class _SafeLoader(yaml.SafeLoader):
@@ -182,15 +183,15 @@ def apply_overrides(tree: dict[str, Any], origins: dict[str, str], overrides: Se
 
 def presets(section: str) -> list[str]:
     """The preset names of a config section: the YAML files of ``configs/<section>/``."""
-    return sorted(p.stem for p in (CONFIG_ROOT / section).glob("*.yaml"))
+    return sorted(p.stem for p in (config_root() / section).glob("*.yaml"))
 
 
 def preset_file(section: str, name: str, origin: str) -> Path:
     """The file a ``<section>.preset`` value names: ``configs/<section>/<name>.yaml``, or a YAML path."""
     if name.endswith((".yaml", ".yml")):
-        path = Path(name)
+        path = locate(name)
     else:
-        path = CONFIG_ROOT / section / f"{name}.yaml"
+        path = config_root() / section / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"{origin}: key '{section}.{PRESET_KEY}': {name!r} is not a preset "
                           f"(known: {', '.join(presets(section)) or 'none'}; or a path to a .yaml file)")
@@ -339,7 +340,7 @@ def _build(schema: type[T], tree: Mapping[str, Any], origins: Mapping[str, str],
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Load ``path`` (with its ``base`` chain) plus dotted ``overrides`` into dataclass ``schema``."""
-    tree, origins = load_yaml_tree(path) if path is not None else ({}, {})
+    tree, origins = load_yaml_tree(locate(path)) if path is not None else ({}, {})
     apply_overrides(tree, origins, overrides)
     apply_presets(tree, origins)
     return _build(schema, tree, origins)

@@ -8,53 +8,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from pipeline.config import ConfigError, config_from_dict
+from pipeline.config import ConfigError
 from pipeline.data.transforms import TransformConfig
 from pipeline.eval.adapters import LabelledImages, load_shard_split
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.features import embed_images, embed_texts
 from pipeline.models import SistaModel, build_tokenizer
+from pipeline.models.export_format import ExportDescription
+from pipeline.resources import locate
 from pipeline.shard_format import WindowSettings, is_pipe, manifest_location, read_manifest
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAIN_CONFIG_NAME = "config.yaml"  # the trainer saves its resolved config here, beside export/
 
 
 def resolve_path(value: str | None, key: str) -> Path:
-    """A configured path: as given (absolute or relative to the working dir), else relative to the repo."""
+    """A configured path: as given (absolute or relative to the working dir), else ``configs/...`` of the package."""
     if value is None:
         raise ConfigError(f"key '{key}' is not set: give it on the command line ({key}=PATH)")
-    path = Path(value)
-    if path.exists() or path.is_absolute():
-        return path
-    in_repo = REPO_ROOT / path
-    return in_repo if in_repo.exists() else path
+    return locate(value)
 
 
-def training_config(checkpoint: Path) -> dict | None:
-    """The training run's resolved config (``<run dir>/config.yaml`` beside ``export/``), if it is there."""
-    path = checkpoint.resolve().parent / TRAIN_CONFIG_NAME
-    if not path.is_file():
-        return None
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else None
-
-
-def resolve_transform(cfg: EvalConfig, checkpoint: Path) -> TransformConfig:
-    """The eval transform: ``transform`` from the eval config, else the training run's ``data.transform``."""
-    if cfg.transform is not None:
-        return cfg.transform
-    train = training_config(checkpoint)
-    tree = (train or {}).get("data", {}).get("transform")
-    if tree is None:
-        raise ConfigError(
-            f"no 'transform' in the eval config and no {checkpoint.resolve().parent / TRAIN_CONFIG_NAME} with "
-            "data.transform: set transform.* (image_size, resize_size, mean, std, channels, ...) explicitly"
-        )
-    return config_from_dict(TransformConfig, tree, str(checkpoint.resolve().parent / TRAIN_CONFIG_NAME))
+def resolve_transform(cfg: EvalConfig, export: ExportDescription) -> TransformConfig:
+    """The eval transform: ``transform`` from the eval config, else the one the export describes."""
+    return cfg.transform if cfg.transform is not None else export.preprocessing.image.transform
 
 
 @dataclass
@@ -83,6 +60,7 @@ class EvalContext:
     model: SistaModel
     tokenizer: object
     transform: TransformConfig
+    export: ExportDescription
     device: torch.device
     out_dir: Path
     _splits: dict = field(default_factory=dict)
@@ -91,8 +69,7 @@ class EvalContext:
     @property
     def group_words(self) -> bool:
         """Whether STA was trained on words (``model.text.token_unit: word``), so token features are per word."""
-        train = training_config(Path(self.cfg.checkpoint)) or {}
-        return ((train.get("model") or {}).get("text") or {}).get("token_unit") == "word"
+        return self.model.config.text.token_unit == "word"
 
     @property
     def max_length(self) -> int:
@@ -117,7 +94,9 @@ class EvalContext:
         return self._splits[split]
 
     def dicom_window(self) -> WindowSettings:
-        """The DICOM display window recorded in ``data.shards``' manifest, for downstream DICOM sets (RSNA)."""
+        """The DICOM window of the training shards (the export's), else the one in ``data.shards``' manifest."""
+        if self.export.preprocessing.dicom_window is not None:
+            return self.export.preprocessing.dicom_window.settings()
         location = self.shard_manifest_location()
         image = read_manifest(location).image
         if image is None or image.window is None:

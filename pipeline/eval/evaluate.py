@@ -15,6 +15,7 @@ from pipeline.eval.reporting import log_to_mlflow, write_outputs
 from pipeline.eval.retrieval import run_retrieval
 from pipeline.eval.zero_shot import run_zero_shot
 from pipeline.models import load_exported
+from pipeline.models.export_format import EXPORT_FILE, read_description
 
 log = logging.getLogger(__name__)
 TASKS = {
@@ -38,12 +39,17 @@ def build_context(cfg: EvalConfig, out_dir: Path) -> EvalContext:
     if not checkpoint.is_dir():
         raise ConfigError(f"checkpoint={cfg.checkpoint}: not a folder (expected a SistaModel.export folder)")
     device = job_env.select_device(cfg.device)
+    export = read_description(checkpoint)
     model = load_exported(checkpoint).to(device).eval()
+    if export.preprocessing.text.max_length != model.config.text.max_length:
+        raise ConfigError(f"{checkpoint}: {EXPORT_FILE} says max_length {export.preprocessing.text.max_length}, "
+                          f"model_config.yaml {model.config.text.max_length}")
     return EvalContext(
         cfg=cfg,
         model=model,
         tokenizer=tokenizer_for(model),
-        transform=resolve_transform(cfg, checkpoint),
+        transform=resolve_transform(cfg, export),
+        export=export,
         device=device,
         out_dir=out_dir,
     )
@@ -60,6 +66,6 @@ def evaluate(cfg: EvalConfig, config_name: str = "eval") -> tuple[list[TaskResul
         log.info("evaluating %s on %s", task, cfg.checkpoint)
         results.append(TASKS[task](ctx))
     paths = write_outputs(out_dir, cfg, results)
-    run_id = log_to_mlflow(cfg, results, paths, out_dir)
+    run_id = log_to_mlflow(cfg, results, paths, out_dir, ctx.export.provenance)
     log.info("wrote %s and %s%s", paths["metrics"], paths["table"], f" (MLflow run {run_id})" if run_id else "")
     return results, paths

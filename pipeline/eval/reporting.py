@@ -11,7 +11,8 @@ from typing import Any
 
 from pipeline.config import flatten, to_yaml
 from pipeline.eval.config import EvalConfig
-from pipeline.eval.context import TaskResult, training_config
+from pipeline.eval.context import TaskResult
+from pipeline.models.export_format import Provenance
 
 log = logging.getLogger(__name__)
 _MLFLOW_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -62,42 +63,82 @@ def numeric_leaves(tree: Any, prefix: str = "") -> dict[str, float]:
     return {_MLFLOW_KEY.sub("_", k.replace("@", "_at_")): v for k, v in out.items()}
 
 
-def pretrain_run_id(checkpoint: Path) -> str | None:
-    """The MLflow run of the training run that exported ``checkpoint`` (from its newest complete checkpoint)."""
-    from pipeline.train.checkpoint import describe, find_resume_point
+def _store_reachable(uri: str) -> bool:
+    """Whether a tracking store exists without creating it (a sqlite file, a file store folder), or answers (servers)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).is_file()
+    if uri.startswith("file:") or "://" not in uri:
+        return Path(uri.removeprefix("file://").removeprefix("file:")).is_dir()
+    from mlflow.tracking import MlflowClient
 
-    run_dir = checkpoint.resolve().parent
-    ckpt_dir = ((training_config(checkpoint) or {}).get("checkpoint") or {}).get("dir") or run_dir / "checkpoints"
-    folder = find_resume_point(Path(ckpt_dir), "latest") if Path(ckpt_dir).is_dir() else None
-    return None if folder is None else describe(folder).mlflow_run_id
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means we cannot log there
+        return False
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
-def tracking_uri(cfg: EvalConfig, checkpoint: Path, out_dir: Path) -> str:
-    """``tracking.uri``, else MLFLOW_TRACKING_URI, else the training run's sqlite store, else one in ``out_dir``."""
-    train_db = checkpoint.resolve().parent / "mlflow.db"
-    fallback = train_db if train_db.is_file() else out_dir.resolve() / "mlflow.db"
-    return cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{fallback}"
+def _run_exists(uri: str, run_id: str) -> bool:
+    """Whether ``run_id`` is in the store at ``uri``."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(uri).get_run(run_id)
+        return True
+    except Exception:  # noqa: BLE001 - deleted, never there, or the store failed
+        return False
 
 
-def log_to_mlflow(cfg: EvalConfig, results: list[TaskResult], paths: dict[str, Path], out_dir: Path) -> str | None:
+def choose_store(cfg: EvalConfig, provenance: Provenance, out_dir: Path) -> tuple[str, str | None]:
+    """(tracking URI, the training run to nest under or None).
+
+    ``tracking.uri``, else MLFLOW_TRACKING_URI, else the export's training store when it is still
+    there, else a sqlite store in ``out_dir``. The training run is the parent only where it exists.
+    """
+    parent = cfg.tracking.pretrain_run_id or provenance.run_id
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None and provenance.tracking_uri and _store_reachable(provenance.tracking_uri):
+        uri = provenance.tracking_uri
+    if uri is None:
+        uri = f"sqlite:///{out_dir.resolve() / 'mlflow.db'}"
+        if provenance.tracking_uri:
+            log.warning("the training run's MLflow store %s cannot be reached: logging to %s",
+                        provenance.tracking_uri, uri)
+    if parent is not None and not (_store_reachable(uri) and _run_exists(uri, parent)):
+        log.warning("MLflow run %s is not in %s: a new run tagged with the export's provenance", parent, uri)
+        parent = None
+    return uri, parent
+
+
+def provenance_tags(provenance: Provenance) -> dict[str, str]:
+    """The export's provenance as ``sista.pretrain_*`` tags (unknown fields left out)."""
+    fields = {"run_id": provenance.run_id, "tracking_uri": provenance.tracking_uri, "step": provenance.step,
+              "git_commit": provenance.git_commit, "config_hash": provenance.config_hash}
+    return {f"sista.pretrain_{k}": str(v) for k, v in fields.items() if v is not None}
+
+
+def log_to_mlflow(cfg: EvalConfig, results: list[TaskResult], paths: dict[str, Path], out_dir: Path,
+                  provenance: Provenance) -> str | None:
     """Record metrics, tables, figures and the config in MLflow; return the run id.
 
-    A new run carries the tags ``sista.pretrain_run_id`` and ``mlflow.parentRunId`` (the UI nests
-    it under the training run); with ``tracking.same_run`` the metrics go into the training run
-    itself under ``eval/<task>/...``.
+    A new run carries the export's provenance as tags (``sista.pretrain_run_id``, ...) and, where the
+    training run is in the store, ``mlflow.parentRunId`` (the UI nests it under that run); with
+    ``tracking.same_run`` the metrics go into the training run itself under ``eval/<task>/...``, or,
+    when that run cannot be found, into a new run as above.
     """
     if not cfg.tracking.enabled:
         return None
     import mlflow
 
     checkpoint = Path(cfg.checkpoint)
-    mlflow.set_tracking_uri(tracking_uri(cfg, checkpoint, out_dir))
-    parent = cfg.tracking.pretrain_run_id or pretrain_run_id(checkpoint)
-    if cfg.tracking.same_run:
-        if parent is None:
-            raise ValueError(
-                "tracking.same_run=true but the training run's MLflow id is unknown: set tracking.pretrain_run_id"
-            )
+    uri, parent = choose_store(cfg, provenance, out_dir)
+    mlflow.set_tracking_uri(uri)
+    if cfg.tracking.same_run and parent is not None:
         run = mlflow.start_run(run_id=parent)
     else:
         experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
@@ -108,7 +149,8 @@ def log_to_mlflow(cfg: EvalConfig, results: list[TaskResult], paths: dict[str, P
                 cfg.tracking.experiment, artifact_location=(out_dir.resolve() / "mlartifacts").as_uri()
             )
         )
-        tags = {"sista.checkpoint": str(checkpoint.resolve()), "sista.data": cfg.data.shards.name}
+        tags = {"sista.checkpoint": str(checkpoint.resolve()), "sista.data": cfg.data.shards.name,
+                **provenance_tags(provenance)}
         if parent is not None:
             tags.update({"sista.pretrain_run_id": parent, "mlflow.parentRunId": parent})
         run = mlflow.start_run(experiment_id=experiment_id, run_name=f"eval-{'-'.join(cfg.tasks)}", tags=tags)

@@ -12,19 +12,19 @@ import torch
 from torch import nn
 
 from pipeline.config import deep_merge
+from pipeline.resources import config_root, locate
 from pipeline.train.config import PretrainConfig
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def find_config_file(path: str) -> Path:
-    """A config file relative to the working directory, else to the repository root."""
-    for candidate in (Path(path), REPO_ROOT / path):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"engine.deepspeed_config: {path} not found (looked in . and {REPO_ROOT})")
+    """A config file relative to the working directory, else ``configs/...`` of the installed package."""
+    found = locate(path)
+    if not found.is_file():
+        raise FileNotFoundError(f"engine.deepspeed_config: {path} not found (looked in . and {config_root()})")
+    return found
 
 
 def deepspeed_config(cfg: PretrainConfig, world_size: int, device_type: str) -> dict[str, Any]:

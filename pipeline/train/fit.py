@@ -18,7 +18,7 @@ from pipeline.config import save_config
 from pipeline.data import Batch, DataPosition, build_epoch_loader, expand_channels, load_fixed_batch
 from pipeline.data.shards import ShardError, resolve_shards
 from pipeline.train import checkpoint as ckpt
-from pipeline.train.export import export_model
+from pipeline.train.export import describe_export, export_model, git_commit
 from pipeline.train.faults import BUDGET_STOP, agree_across_ranks, inject_nan
 from pipeline.train.run import TrainRun
 from pipeline.train.step import LossHook, StepOutcome, contrastive_step
@@ -240,8 +240,10 @@ def fit(run: TrainRun) -> int:
         if last_saved != state.step:
             ckpt.save_checkpoint(run.engine, run.ckpt_dir, state, run.rank, run.world, cfg.checkpoint.keep_last)
         if status == "FINISHED" and cfg.checkpoint.export_at_end:
+            described = describe_export(cfg, run.tracker.uri if run.tracker.active else None, state.mlflow_run_id,
+                                        state.step, run.run_dir, git_commit()) if run.is_main else None
             out = export_model(run.engine.module.model, cfg.model, run.tokenizer, run.run_dir / "export",
-                               run.is_main)
+                               run.is_main, described)
             if out is not None:
                 run.tracker.log_artifact(out / "model_config.yaml", "export")
     except BaseException:

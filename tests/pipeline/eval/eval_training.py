@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from pipeline.config import config_from_dict, load_yaml_tree, save_config
 from pipeline.data.collate import Collator
@@ -19,6 +18,16 @@ from pipeline.data.transforms import TransformConfig, sample_generator, train_tr
 from pipeline.eval.adapters import load_shard_split
 from pipeline.losses import LossConfig, LossContext, LossInputs, build_objective
 from pipeline.models import ModelConfig, build_model, build_tokenizer
+from pipeline.models.export_format import (
+    SCHEMA_VERSION,
+    ExportDescription,
+    ImagePreprocessing,
+    Preprocessing,
+    Provenance,
+    TextPreprocessing,
+    write_description,
+)
+from pipeline.models.sista_model import TEXT_DIR
 
 log = logging.getLogger(__name__)
 IMAGE_SIZE = 96
@@ -43,13 +52,21 @@ def tiny_model_config(repo_root: Path, minilm_dir: Path) -> ModelConfig:
 
 
 def export_run(model, cfg: ModelConfig, run_dir: Path, loss_cfg: LossConfig) -> Path:
-    """Write ``run_dir/export`` and a ``run_dir/config.yaml`` with the pieces evaluation reads."""
+    """Write ``run_dir/export`` with its ``sista_export.json``; an MLflow run in ``run_dir/mlflow.db`` stands for the training run."""
+    from mlflow.tracking import MlflowClient
+
     run_dir.mkdir(parents=True, exist_ok=True)
     model.export(run_dir / "export")
-    (run_dir / "config.yaml").write_text(
-        yaml.safe_dump({"data": {"transform": TRANSFORM}, "model": {"text": {"token_unit": cfg.text.token_unit}}}),
-        encoding="utf-8",
-    )
+    uri = f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
+    run = MlflowClient(uri).create_run("0", run_name="pretrain")  # the Default experiment; no global URI set
+    write_description(run_dir / "export", ExportDescription(
+        schema_version=SCHEMA_VERSION,
+        preprocessing=Preprocessing(
+            image=ImagePreprocessing("short_side", "center", config_from_dict(TransformConfig, TRANSFORM, "eval tests")),
+            text=TextPreprocessing(TEXT_DIR, cfg.text.max_length),
+        ),
+        provenance=Provenance(tracking_uri=uri, run_id=run.info.run_id, step=0, config_hash="sha256:test"),
+    ))
     save_config(cfg, run_dir / "model_config_used.yaml")
     return run_dir / "export"
 

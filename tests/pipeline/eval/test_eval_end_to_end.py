@@ -147,3 +147,45 @@ def test_command_line_entry(eval_phantoms, exports, tmp_path: Path, capsys) -> N
     assert "unknown key 'retrieval.kk'" in capsys.readouterr().err
     assert evaluate_main([*args[:-5], f"data.shards.root={tmp_path / 'missing'}", "tracking.enabled=false"]) == 2
     assert "manifest not found" in capsys.readouterr().err
+
+
+def test_moved_export_evaluates_alone_with_the_same_numbers(eval_phantoms, exports, tmp_path: Path, monkeypatch) -> None:
+    """Copy an export elsewhere, delete its training run (folder and MLflow store): same numbers, a new tagged run."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.models.export_format import read_description
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(exports["random"].parent, run_dir)  # a private training run this test may delete
+    provenance = read_description(run_dir / "export").provenance
+    provenance_uri = f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
+    # the copied export still names the original store: point it at the copy, as its own trainer would
+    text = (run_dir / "export" / "sista_export.json").read_text().replace(provenance.tracking_uri, provenance_uri)
+    (run_dir / "export" / "sista_export.json").write_text(text)
+
+    def numbers(checkpoint: Path, out: Path) -> dict:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri of other tests sets it
+        cfg = load_config(EvalConfig, Path(__file__).resolve().parents[3] / "configs/eval/phantom_all.yaml", [
+            f"checkpoint={checkpoint}", f"output_dir={out}", f"data.shards.root={eval_phantoms['shards']}",
+            f"data.shards.labels={ZERO_SHOT_LABELS}", "tasks=[zero_shot, retrieval]", "bootstrap.n_boot=50",
+            "batch_size=32",
+        ])
+        return {r.task: r.metrics for r in evaluate(cfg)[0]}
+
+    before = numbers(run_dir / "export", tmp_path / "before")
+    client = MlflowClient(provenance_uri)
+    nested = client.search_runs([client.get_experiment_by_name("sista-eval").experiment_id])
+    assert [r.data.tags.get("mlflow.parentRunId") for r in nested] == [provenance.run_id]
+
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(run_dir / "export", moved)
+    shutil.rmtree(run_dir)
+    after = numbers(moved, tmp_path / "after")
+    assert after == before
+    client = MlflowClient(f"sqlite:///{(tmp_path / 'after' / 'mlflow.db').resolve()}")
+    runs = client.search_runs([client.get_experiment_by_name("sista-eval").experiment_id])
+    assert len(runs) == 1 and "mlflow.parentRunId" not in runs[0].data.tags
+    assert runs[0].data.tags["sista.pretrain_run_id"] == provenance.run_id
+    assert runs[0].data.tags["sista.pretrain_config_hash"] == provenance.config_hash
