@@ -57,3 +57,39 @@ def test_time_limit_refusal_reaches_the_launcher(slurm_cluster: dict[str, str], 
     """The launcher refuses a 2-minute limit with a 90 s signal delay before asking the scheduler."""
     assert shard_main(_shard_argv(tmp_path, "slurm.time=2", "slurm.signal_delay_s=90")) == 2
     assert "too close to signal_delay_s=90" in capsys.readouterr().err
+
+
+def _real_shard_argv(phantom_root: Path, tmp: Path, out: Path) -> list[str]:
+    """A two-slice sharding of the phantom set on the local cluster, waited for."""
+    return ["--wait", "--config", str(PHANTOM_YAML), "--slurm", str(EXAMPLE_SHARD), f"mimic_root={phantom_root}",
+            f"out={out}", "shard_size=8", "workers=1", "slurm.partition=null", "slurm.mem_gb=null",
+            "slurm.cpus_per_task=1", "slurm.time=10", f"slurm.log_dir={tmp / 'slurm'}/%j", "slurm.array_tasks=2",
+            "slurm.setup=[]"]
+
+
+@pytest.mark.slurm
+def test_shard_array_on_real_slurm_without_accounting(
+    slurm_cluster: dict[str, str], phantom_root: Path, phantom_shards: tuple[Path, dict], tmp_path: Path,
+    repo_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Array + afterany merge through real sbatch, sacct failing: shards byte-identical, same manifest; a failed slice fails the merge."""
+    import json
+
+    monkeypatch.setenv("PYTHONPATH", str(repo_root))
+    assert subprocess.run(["sacct", "-j", "1"], capture_output=True).returncode != 0  # no accounting here
+    single_dir, single = phantom_shards
+    out = tmp_path / "array"
+    assert shard_main(_real_shard_argv(phantom_root, tmp_path, out)) == 0, capsys.readouterr().err
+    merged = json.loads((out / "manifest.json").read_text())
+    drop = ("seconds", "args", "created")
+    assert {k: v for k, v in merged.items() if k not in drop} == {k: v for k, v in single.items() if k not in drop}
+    for shard in sorted(single_dir.rglob("*.tar")):
+        assert (out / shard.relative_to(single_dir)).read_bytes() == shard.read_bytes(), shard
+
+    broken = tmp_path / "broken"
+    (broken / "train" / "train-000001.tar").mkdir(parents=True)  # a slice cannot write its shard
+    capsys.readouterr()
+    assert shard_main(_real_shard_argv(phantom_root, tmp_path, broken)) == 1
+    err = capsys.readouterr().err
+    assert "of 2 failed" in err and "nothing merged" in err and "resume=true" in err, err
+    assert not (broken / "manifest.json").exists()
