@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export DS_ACCELERATOR ?= cpu
 export PYTHONUNBUFFERED = 1
 
-.PHONY: demo test lint install clean-demo
+.PHONY: demo test lint install clean-demo slurm-up slurm-down
 
 install: $(STAMP)
 
@@ -32,3 +32,10 @@ demo: $(STAMP)
 
 clean-demo:
 	rm -rf demo_out
+
+# A throw-away two-node SLURM on this machine (root, Debian/Ubuntu): see docs/slurm.md.
+slurm-up:
+	launch/local_slurm/cluster.sh up
+
+slurm-down:
+	launch/local_slurm/cluster.sh down

@@ -107,6 +107,7 @@ def parse_job_args(argv: list[str] | None, description: str, job_config_help: st
     parser.add_argument("--config", required=True, help=job_config_help)
     parser.add_argument("--slurm", required=True, help="SLURM YAML (configs/slurm/*.yaml)")
     parser.add_argument("--dry-run", action="store_true", help=dry_run_help)
+    parser.add_argument("--wait", action="store_true", help="wait for the whole job; exit non-zero when it failed")
     parser.add_argument("overrides", nargs="*", metavar="key=value | slurm.key=value", help="config overrides")
     return parser.parse_args(argv)
 

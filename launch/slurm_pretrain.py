@@ -29,6 +29,7 @@ from launch.slurm_config import (
     parse_job_args,
     split_overrides,
 )
+from launch.slurm_preflight import preflight
 from launch.slurm_submit import log_paths, make_executor, render_sbatch
 from pipeline import job_env
 from pipeline.config import ConfigError, to_yaml
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(to_yaml(train_cfg), end="")
         return 0
     try:
+        preflight(slurm, render_sbatch(slurm, workdir))
         job = build_job(args.config, train_overrides, slurm)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -5,7 +5,9 @@
 
 Array task ``I`` of ``T`` (``slurm.array_tasks``) runs ``shard_mimic`` with ``num_tasks=T,
 task_index=I``: it writes the shards whose index ``% T == I`` and a partial manifest. The merge
-job starts only when every array task succeeded (``afterok``), merges the partial manifests into
+job starts when every array task has ended (``afterany``: after a failed slice ``afterok`` would
+pend forever), fails naming the slices that left no partial manifest and the command that reruns
+them, and otherwise merges the partial manifests into
 ``OUT/manifest.json``, checking the counts and every shard's size, and fails when nothing was
 written or too much was skipped. Shard boundaries never depend on the slicing, so the result is byte-identical to a
 single-process run with the same arguments.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from launch.slurm_config import (
     parse_job_args,
     split_overrides,
 )
+from launch.slurm_preflight import preflight
 from launch.slurm_submit import log_paths, make_executor, render_sbatch
 from pipeline.config import ConfigError, load_config, to_yaml
 from pipeline.logging_setup import setup_logging
@@ -55,14 +59,20 @@ class ShardTask(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(ShardTask(dataclasses.replace(self.cfg, resume=True)), task_index)
 
 
-def merge_and_check(out_dir: Path, num_tasks: int, max_skip_fraction: float) -> dict[str, Any]:
+def merge_and_check(out_dir: Path, num_tasks: int, max_skip_fraction: float, rerun: str) -> dict[str, Any]:
     """Merge the ``num_tasks`` partial manifests of ``out_dir`` (counts and sizes checked by the sharder).
 
-    Fails, like a single-process run's exit code, when nothing was written or too much was skipped.
+    Fails, writing nothing, when a slice left no partial manifest (naming the slices and ``rerun``, the
+    command that redoes them), and, like a single-process run's exit code, when nothing was written or
+    too much was skipped.
     """
-    from data_prep.shard_manifest import merge_manifests, outcome_problem
+    from data_prep.shard_manifest import merge_manifests, outcome_problem, part_name
 
     setup_logging(0, 1)
+    failed = [index for index in range(num_tasks) if not (out_dir / part_name(index, num_tasks)).is_file()]
+    if failed:
+        raise RuntimeError(f"{out_dir}: array slice(s) {', '.join(map(str, failed))} of {num_tasks} failed "
+                           f"(no partial manifest; see their logs); nothing merged. Rerun them with: {rerun}")
     manifest = merge_manifests(out_dir, num_tasks)
     problem = outcome_problem(manifest, max_skip_fraction)
     if problem:
@@ -81,9 +91,11 @@ def slice_config(cfg: ShardConfig, num_tasks: int) -> ShardConfig:
 
 
 def submit_shard_array(
-    cfg: ShardConfig, slurm: SlurmConfig, workdir: Path
+    cfg: ShardConfig, slurm: SlurmConfig, workdir: Path, rerun: str
 ) -> tuple[list[submitit.Job], submitit.Job]:
-    """Submit the array of ``slurm.array_tasks`` slices and the merge job that depends on all of them.
+    """Submit the array of ``slurm.array_tasks`` slices and the merge job that runs after all of them.
+
+    ``rerun`` is the command the merge names when a slice failed.
 
     With the ``local`` executor there are no dependencies: the array is awaited before the merge is submitted.
     """
@@ -93,12 +105,12 @@ def submit_shard_array(
         array = [executor.submit(ShardTask(sliced), index) for index in range(slurm.array_tasks)]
     if slurm.executor == "slurm":
         array_id = array[0].job_id.split("_")[0]
-        merger = make_executor(slurm, workdir, dependency=f"afterok:{array_id}")
+        merger = make_executor(slurm, workdir, dependency=f"afterany:{array_id}")
     else:
         for job in array:
-            job.result()  # raises with the task's traceback if a slice failed
+            job.wait()  # the merge checks every slice's outcome
         merger = make_executor(slurm, workdir)
-    merge = merger.submit(merge_and_check, sliced.out, slurm.array_tasks, sliced.max_skip_fraction)
+    merge = merger.submit(merge_and_check, sliced.out, slurm.array_tasks, sliced.max_skip_fraction, rerun)
     return array, merge
 
 
@@ -118,18 +130,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# sbatch script of the array ({slurm.array_tasks} tasks, {slurm.array_parallelism} at a time)")
         print(render_sbatch(slurm, workdir, array_size=slurm.array_tasks))
         print("# sbatch script of the merge job")
-        print(render_sbatch(slurm, workdir, dependency="afterok:<array job id>"))
+        print(render_sbatch(slurm, workdir, dependency="afterany:<array job id>"))
         print("# SLURM config (resolved)")
         print(to_yaml(slurm), end="")
         print("# sharding config (resolved; task_index is set per array task)")
         print(to_yaml(cfg), end="")
         return 0
-    array, merge = submit_shard_array(cfg, slurm, workdir)
+    try:
+        preflight(slurm, render_sbatch(slurm, workdir, array_size=slurm.array_tasks))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    rerun = rerun_command(argv if argv is not None else sys.argv[1:])
+    array, merge = submit_shard_array(cfg, slurm, workdir, rerun)
     stdout, _ = log_paths(array[0])
     print(f"submitted array {array[0].job_id.split('_')[0]} ({len(array)} tasks) and merge job {merge.job_id}")
     print(f"logs:   {stdout} (one per array task)\n        {log_paths(merge)[0]}")
     print(f"output: {cfg.out}/manifest.json once the merge job has finished")
+    if args.wait:
+        try:
+            merge.result()
+        except Exception as err:  # submitit re-raises the merge job's error, whatever its type
+            print(f"merge job {merge.job_id} failed: {err}", file=sys.stderr)
+            return 1
+        print(f"done: {cfg.out}/manifest.json")
     return 0
+
+
+def rerun_command(argv: list[str]) -> str:
+    """The command line that reruns a sharding submission with ``resume=true`` (complete shards are kept)."""
+    kept = [arg for arg in argv if arg not in ("--wait", "--dry-run") and not arg.startswith("resume=")]
+    return shlex.join([sys.executable, "-m", "launch.slurm_shard", *kept, "resume=true"])
 
 
 if __name__ == "__main__":

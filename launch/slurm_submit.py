@@ -12,6 +12,7 @@ import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
 from launch.slurm_config import SlurmConfig, local_parameters, submitit_parameters
+from launch.slurm_state import QueueJob
 
 
 def job_folder(cfg: SlurmConfig, workdir: Path) -> Path:
@@ -29,8 +30,11 @@ class SlurmExecutor(submitit.SlurmExecutor):
     """submitit's ``SlurmExecutor`` whose job arrays keep the configured ``python`` command.
 
     submitit builds a fresh executor for an array and forgets ``python`` there, so an array would
-    start the login node's interpreter instead of, e.g., the container's.
+    start the login node's interpreter instead of, e.g., the container's. Its jobs poll their state
+    without accounting too (``launch.slurm_state``).
     """
+
+    job_class = QueueJob
 
     def _internal_process_submissions(
         self, delayed_submissions: list[submitit.helpers.DelayedSubmission]
@@ -51,7 +55,7 @@ class SlurmExecutor(submitit.SlurmExecutor):
         first = array._submit_command(array._submitit_command_str)
         jobs: list[submitit.Job[Any]] = []
         for index, path in enumerate(pickles):
-            job = submitit.SlurmJob(self.folder, f"{first.job_id}_{index}", tasks=list(range(first.num_tasks)))
+            job = self.job_class(self.folder, f"{first.job_id}_{index}", tasks=list(range(first.num_tasks)))
             job.paths.move_temporary_file(path, "submitted_pickle")
             jobs.append(job)
         return jobs

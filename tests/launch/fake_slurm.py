@@ -23,10 +23,12 @@ def sbatch_options(script: str) -> dict[str, str | bool]:
     return options
 
 
-# sbatch: copy the submitted script, record argv, answer like SLURM with increasing job ids.
+# sbatch: copy the submitted script, record argv, answer like SLURM with increasing job ids
+# (a preflight ``--test-only`` is answered as feasible and not recorded).
 _SBATCH = """#!/bin/bash
 set -e
 rec="{record}"
+if [[ $1 == --test-only ]]; then echo "sbatch: Job 1 to start at now using 1 processors" >&2; exit 0; fi
 n=$(ls "$rec"/sbatch-*.args 2>/dev/null | wc -l)
 id=$((4242 + n))
 printf '%s\\n' "$@" > "$rec/sbatch-$n.args"

@@ -48,7 +48,7 @@ def test_array_of_three_merges_to_the_single_process_result(
     monkeypatch.setenv("PYTHONPATH", str(repo_root))  # the local executor's tasks unpickle launch.*
     single_dir, single = phantom_shards
     slurm = load_slurm_config(EXAMPLE_SHARD, ["executor=local", "array_tasks=3", f"log_dir={tmp_path}/logs/%j", "time=10"])
-    array, merge = submit_shard_array(phantom_shard_config(phantom_root, tmp_path / "array"), slurm, repo_root)
+    array, merge = submit_shard_array(phantom_shard_config(phantom_root, tmp_path / "array"), slurm, repo_root, "rerun")
     merged = merge.result()
     parts = [job.result() for job in array]
 
@@ -71,14 +71,14 @@ def test_array_and_merge_through_fake_sbatch(tmp_path: Path, monkeypatch: pytest
     cfg = load_config(ShardConfig, PHANTOM_YAML, [f"mimic_root={tmp_path / 'mimic'}", f"out={tmp_path / 'out'}"])
     slurm = load_slurm_config(EXAMPLE_SHARD, ["array_tasks=3", "array_parallelism=2", f"log_dir={tmp_path}/logs/%j",
                                               "python=apptainer exec sista.sif python"])
-    array, merge = submit_shard_array(cfg, slurm, tmp_path)
+    array, merge = submit_shard_array(cfg, slurm, tmp_path, "rerun")
 
     assert [job.job_id for job in array] == ["4242_0", "4242_1", "4242_2"] and merge.job_id == "4243"
     calls = recorded(record, "sbatch")
     assert len(calls) == 2 and all(Path(call[-1]).suffix == ".sh" for call in calls)
     array_options, merge_options = (sbatch_options(recorded_script(record, i)) for i in (0, 1))
     assert array_options["array"] == "0-2%2" and "dependency" not in array_options
-    assert merge_options["dependency"] == "afterok:4242" and "array" not in merge_options
+    assert merge_options["dependency"] == "afterany:4242" and "array" not in merge_options
     for index, job in enumerate(array):
         with job.paths.submitted_pickle.open("rb") as f:
             delayed = pickle.load(f)
@@ -103,5 +103,20 @@ def test_dry_run_prints_both_scripts(tmp_path: Path, capsys: pytest.CaptureFixtu
     code = main(["--config", str(PHANTOM_YAML), "--slurm", str(EXAMPLE_SHARD), f"mimic_root={tmp_path / 'mimic'}",
                  f"out={tmp_path / 'out'}", "slurm.array_tasks=4", "--dry-run"])
     out = capsys.readouterr().out
-    assert code == 0 and "#SBATCH --array=0-3%4" in out and "#SBATCH --dependency='afterok:<array job id>'" in out
+    assert code == 0 and "#SBATCH --array=0-3%4" in out and "#SBATCH --dependency='afterany:<array job id>'" in out
     assert "num_tasks: 4" in out and not (record / "sbatch-0.args").exists()
+
+
+def test_merge_after_a_failed_slice_names_it_and_the_rerun_and_merges_nothing(
+    phantom_root: Path, tmp_path: Path
+) -> None:
+    """Under afterany the merge runs after a failed slice: it fails naming the slice and the rerun, writing no manifest."""
+    from data_prep.shard_manifest import part_name
+    from launch.slurm_shard import merge_and_check
+
+    out = tmp_path / "array"
+    out.mkdir()
+    (out / part_name(0, 3)).write_text("{}")
+    with pytest.raises(RuntimeError, match=r"slice\(s\) 1, 2 of 3 failed.*Rerun them with: CMD resume=true"):
+        merge_and_check(out, 3, 0.1, "CMD resume=true")
+    assert not (out / "manifest.json").exists()
