@@ -32,9 +32,9 @@ from pipeline.eval.yolo import YoloHead, decode, yolo_loss
 class Detector(nn.Module):
     """The neck (simple feature pyramid or last CNN stages) and the YOLO head on the frozen maps."""
 
-    def __init__(self, neck: nn.Module) -> None:
+    def __init__(self, neck: nn.Module, width: int = 256) -> None:
         super().__init__()
-        self.neck, self.head = neck, YoloHead(neck.channels)
+        self.neck, self.head = neck, YoloHead(neck.channels, width=width)
 
     def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         """Raw YOLO outputs per level."""

@@ -30,7 +30,7 @@ from pipeline.eval.figures import dense_grid
 
 def mixed_loss(logits: torch.Tensor, masks: torch.Tensor, alpha: float, gamma: float = 2.0) -> torch.Tensor:
     """MGCA's MixedLoss on ``[b, 1, S, S]`` logits: ``alpha`` x mean focal loss - log(batch soft Dice)."""
-    target = masks.float().view_as(logits)
+    target = masks.to(logits.dtype).view_as(logits)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     prob = logits.sigmoid()
     p_true = torch.where(target > 0.5, prob, 1 - prob)
