@@ -179,6 +179,7 @@ class SegmentationConfig:
     datasets: list[Literal["siim", "rsna", "object_cxr"]]
     threshold: float  # probability >= this is foreground
     focal_alpha: float  # MGCA's MixedLoss: alpha x focal - log(soft Dice)
+    setr_channels: list[int]  # ViT decoder widths, one 2x upsampling block each (MGCA: 512/256/128/64)
 
 
 @dataclass

@@ -74,11 +74,11 @@ class UnetHead(nn.Module):
         return self.out(self.decoder([top, *maps]))
 
 
-def build_segmentation_head(encoder: ImageEncoder) -> nn.Module:
-    """SETR decoder for a ViT, U-Net decoder for a CNN."""
+def build_segmentation_head(encoder: ImageEncoder, setr_channels: tuple[int, ...] = SETR_CHANNELS) -> nn.Module:
+    """SETR decoder (``setr_channels`` wide) for a ViT, U-Net decoder for a CNN."""
     channels = map_channels(encoder)
     if is_vit(encoder):
-        return SetrDecoder(channels[0])
+        return SetrDecoder(channels[0], tuple(setr_channels))
     return UnetHead(encoder.cfg.in_chans, channels)
 
 

@@ -78,7 +78,7 @@ def run_segmentation(ctx: EvalContext) -> TaskResult:
             tag = f"{fraction * 100:g}pct"
             subset = fraction_subset(splits, fraction, dense)
             train = prepare(subset, size, True, False)
-            fitted = fit_head(build_segmentation_head(encoder.encoder), loss, encoder, train, valid, dense,
+            fitted = fit_head(build_segmentation_head(encoder.encoder, seg.setr_channels), loss, encoder, train, valid, dense,
                               augmenter(dense, rotate=True) if dense.augment else None)  # fmt: skip
             predicted = np.stack(predict(fitted.head, encoder, test, dense.batch_size, masks_of))
             scores = dice_summary(metrics.dice(predicted, truth), positive, metrics.iou(predicted, truth),
