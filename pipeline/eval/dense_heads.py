@@ -37,7 +37,7 @@ def map_channels(encoder: ImageEncoder) -> list[int]:
     """Channels of each map :func:`encoder_maps` returns."""
     if is_vit(encoder):
         return [encoder.num_features]
-    return [int(c) for c in encoder.trunk.feature_info.channels()]
+    return [int(info["num_chs"]) for info in encoder.trunk.feature_info]
 
 
 class SetrDecoder(nn.Module):

@@ -125,3 +125,18 @@ def test_heads_output_the_input_size() -> None:
     assert tuple(UnetHead(1, [4, 6, 8, 10, 12])(pyramid, (64, 64)).shape) == (2, 1, 64, 64)
     assert [tuple(o.shape) for o in YoloHead([4, 4, 4])([torch.randn(1, 4, n, n) for n in (8, 4, 2)])] == [
         (1, 3, 8, 8, 6), (1, 3, 4, 4, 6), (1, 3, 2, 2, 6)]  # fmt: skip
+
+
+@pytest.mark.parametrize("trunk", ["test_vit", "resnet10t"])
+def test_heads_on_a_frozen_timm_trunk(trunk: str) -> None:
+    """ViT: SETR on the token map and the simple pyramid; CNN: the U-Net over its stages and its last three stages."""
+    from pipeline.eval.dense_heads import build_detection_neck, build_segmentation_head, encoder_maps
+    from pipeline.models import ImageEncoderConfig
+    from pipeline.models.image_encoder import ImageEncoder
+
+    encoder = ImageEncoder(ImageEncoderConfig(trunk, 1, 64 if trunk == "test_vit" else None, "none")).eval()
+    maps = encoder_maps(encoder, torch.randn(2, 1, 64, 64))
+    head = build_segmentation_head(encoder, (16, 8, 8, 8))
+    assert tuple(head(maps, (64, 64)).shape) == (2, 1, 64, 64)
+    outputs = Detector(build_detection_neck(encoder), width=8)(maps)
+    assert [tuple(o.shape[2:4]) for o in outputs] == [(8, 8), (4, 4), (2, 2)]
