@@ -59,9 +59,9 @@ class RsnaDataConfig:
     """RSNA Pneumonia: the labelled pool split into train / valid / test fractions (split files)."""
 
     split_fractions: list[float]
+    dense_split: Literal["fractions", "mgca"]  # segmentation/detection: these fractions or MGCA's fixed counts
+    mgca_split_sizes: tuple[int, int]  # MGCA's RSNA validation / test sizes (the rest trains)
     root: Optional[str] = None
-    dense_split: Literal["fractions", "mgca"] = "fractions"  # segmentation/detection: ours or MGCA's counts
-    mgca_split_sizes: tuple[int, int] = (5337, 5337)  # MGCA's RSNA validation / test sizes (the rest trains)
 
 
 @dataclass

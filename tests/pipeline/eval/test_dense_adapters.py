@@ -204,3 +204,29 @@ def test_default_phantom_siim_holds_eight_positives_at_one_percent() -> None:
     balanced = train.by_ids(balanced_ids(train, 0))
     chosen = balanced.by_ids(fraction_ids(balanced.ids, 0.01, 0, 24))
     assert chosen.positive.sum() >= 8
+
+
+def test_rsna_mgca_split_sizes_and_split_files_reused(tmp_path: Path, repo_root: Path) -> None:
+    from types import SimpleNamespace
+
+    from pipeline.config import load_config
+    from pipeline.eval.config import EvalConfig
+    from pipeline.eval.dense_fit import load_dense_splits
+
+    root = tmp_path / "rsna"
+    rows = ["patientId,x,y,width,height,Target"]
+    for k in range(6):
+        _write_dicom(root / "stage_2_train_images" / f"p{k}.dcm", _gradient(8, 8).astype(np.uint16), "MONOCHROME2")
+        rows.append(f"p{k},1,1,3,3,1" if k % 2 else f"p{k},,,,,0")
+    (root / "stage_2_train_labels.csv").write_text("\n".join(rows) + "\n")
+    cfg = load_config(EvalConfig, repo_root / "configs/eval/detection.yaml", [
+        "checkpoint=x", f"data.rsna.root={root}", "data.rsna.dense_split=mgca", "data.rsna.mgca_split_sizes=[1, 2]",
+        f"dense.split_dir={tmp_path / 'splits'}"])  # fmt: skip
+    splits = load_dense_splits(SimpleNamespace(cfg=cfg), "rsna")
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (3, 1, 2)
+    assert not set(splits.train.ids) & set(splits.test.ids)
+    assert (splits.folder / "test.txt").read_text().split() == splits.test.ids
+    assert load_dense_splits(SimpleNamespace(cfg=cfg), "rsna").test.ids == splits.test.ids
+    cfg.data.rsna.mgca_split_sizes = (3, 3)
+    with pytest.raises(ValueError, match="leave no training images"):
+        load_dense_splits(SimpleNamespace(cfg=cfg), "rsna")
