@@ -144,6 +144,7 @@ def bench_dense(root: Path, count: int) -> None:
     from pipeline.eval.detection import Detector
     from pipeline.eval.segmentation import mixed_loss
     from pipeline.eval.yolo import yolo_loss
+    from pipeline.shard_format import WindowSettings
 
     write_dense_sets(root / "dense", seed=0, count=count, size_range=(256, 320))
     dense = load_config(EvalConfig, REPO / "configs/eval/base.yaml", ["checkpoint=unused"]).dense
@@ -151,7 +152,7 @@ def bench_dense(root: Path, count: int) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     transform = config_from_dict(TransformConfig, TRANSFORM, "bench")
     cases = {
-        "segmentation": ("vit_base_patch16_224", load_siim(root / "dense" / "siim"), True,
+        "segmentation": ("vit_base_patch16_224", load_siim(root / "dense" / "siim", WindowSettings(True, 0.5, 99.5)), True,
                          lambda enc: build_segmentation_head(enc),
                          lambda head, maps, masks: mixed_loss(head(maps, (size, size)), masks.to(device), 10.0)),
         "detection": ("resnet50", load_object_cxr(root / "dense" / "object_cxr", "train"), False,

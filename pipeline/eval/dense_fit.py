@@ -70,14 +70,14 @@ def load_dense_splits(ctx: EvalContext, name: str) -> DenseSplits:
     data, dense = ctx.cfg.data, ctx.cfg.dense
     root = resolve_path(dense.split_dir, "dense.split_dir")
     if name == "siim":
-        pool = load_siim(resolve_path(data.siim.root, "data.siim.root"))
+        pool = load_siim(resolve_path(data.siim.root, "data.siim.root"), ctx.dicom_window())
         out = _three_way(name, pool, partition_ids(pool.ids, data.siim.split_fractions, dense.seed), root)
         if data.siim.balance_train:
             out.train = _written(out.folder, f"train_balanced_seed{dense.seed}", balanced_ids(out.train, dense.seed),
                                  out.train)  # fmt: skip
         return out
     if name == "rsna":
-        pool = load_rsna_boxes(resolve_path(data.rsna.root, "data.rsna.root"))
+        pool = load_rsna_boxes(resolve_path(data.rsna.root, "data.rsna.root"), ctx.dicom_window())
         if data.rsna.dense_split == "mgca":
             n_valid, n_test = data.rsna.mgca_split_sizes
             if n_valid + n_test >= len(pool):

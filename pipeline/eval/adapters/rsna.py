@@ -3,7 +3,8 @@
 The CSV has one row per box (``patientId,x,y,width,height,Target``), and a single row with
 empty box cells for an image without pneumonia. Only the training images carry labels, so the
 linear probe splits this pool itself (split files written once and reused). For segmentation the
-boxes become masks, for detection they stay boxes (:func:`load_rsna_boxes`).
+boxes become masks, for detection they stay boxes (:func:`load_rsna_boxes`). Films are displayed
+with the DICOM window of the training shards (``window``, from their manifest).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from pipeline.eval.adapters.base import LabelledImages
 from pipeline.eval.adapters.dense import DenseImages, boxes_mask, check_box, dicom_size
 from pipeline.eval.adapters.dicom import dicom_loader
+from pipeline.shard_format import WindowSettings
 
 LABELS_FILE = "stage_2_train_labels.csv"
 IMAGES_DIR = "stage_2_train_images"
@@ -77,23 +79,26 @@ def _image_path(root: Path, csv_path: Path, pid: str) -> Path:
     return path
 
 
-def load_rsna(root: Path) -> LabelledImages:
-    """Read the labelled RSNA pool: one binary label (pneumonia) per patientId, in CSV order."""
+def load_rsna(root: Path, window: WindowSettings) -> LabelledImages:
+    """Read the labelled RSNA pool: one binary label (pneumonia) per patientId, in CSV order, films shown with ``window``."""
     csv_path = Path(root) / LABELS_FILE
     patients = _read_labels(csv_path, ())
     ids = list(patients)
     return LabelledImages(
         name="rsna",
         ids=ids,
-        loaders=[dicom_loader(_image_path(root, csv_path, pid)) for pid in ids],
+        loaders=[dicom_loader(_image_path(root, csv_path, pid), window) for pid in ids],
         labels=np.asarray([[patients[p].target] for p in ids], dtype=np.float64),
         label_names=["Pneumonia"],
         task="binary",
     )
 
 
-def load_rsna_boxes(root: Path) -> DenseImages:
-    """Read the RSNA pool with its boxes (x1, y1, x2, y2) and their masks; a box outside its image is skipped, counted."""
+def load_rsna_boxes(root: Path, window: WindowSettings) -> DenseImages:
+    """The RSNA pool with its boxes (x1, y1, x2, y2) and their masks, films shown with ``window``.
+
+    A box outside its image is skipped and counted.
+    """
     csv_path = Path(root) / LABELS_FILE
     patients = _read_labels(csv_path, BOX_COLUMNS)
     ids, loaders, sizes, boxes, outside = [], [], [], [], 0
@@ -107,7 +112,7 @@ def load_rsna_boxes(root: Path) -> DenseImages:
             if box is not None:
                 kept.append(box)
         ids.append(pid)
-        loaders.append(dicom_loader(path))
+        loaders.append(dicom_loader(path, window))
         sizes.append(size)
         boxes.append(np.asarray(kept, dtype=np.float64).reshape(-1, 4))
     masks = [boxes_mask(b, s) for b, s in zip(boxes, sizes)]

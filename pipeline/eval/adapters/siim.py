@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.eval.adapters.dense import DenseImages, MaskLoader, dicom_size
 from pipeline.eval.adapters.dicom import dicom_loader
+from pipeline.shard_format import WindowSettings
 from pipeline.shard_format.kaggle_rle import decode_kaggle_rle, parse_kaggle_rle
 
 LABELS_FILE = "train-rle.csv"
@@ -35,8 +36,11 @@ def _union_mask(rles: list[str], size: tuple[int, int]) -> MaskLoader:
     return mask
 
 
-def load_siim(root: Path) -> DenseImages:
-    """Read the labelled SIIM pool: one union mask per ImageId, in CSV order (missing DICOMs skipped, counted)."""
+def load_siim(root: Path, window: WindowSettings) -> DenseImages:
+    """The labelled SIIM pool: one union mask per ImageId, in CSV order, films shown with ``window``.
+
+    Missing DICOMs are skipped and counted.
+    """
     root = Path(root)
     csv_path = root / LABELS_FILE
     if not csv_path.is_file():
@@ -74,7 +78,7 @@ def load_siim(root: Path) -> DenseImages:
                 raise ValueError(f"{csv_path}:{lines[image_id]} column {RLE_COLUMN!r}: mask of {image_id} runs past "
                                  f"its {size[0]} x {size[1]} image {path}")  # fmt: skip
         ids.append(image_id)
-        loaders.append(dicom_loader(path))
+        loaders.append(dicom_loader(path, window))
         sizes.append(size)
         masks.append(_union_mask(rles, size))
     if not ids:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_eval_adapters import _gradient, _write_dicom
+from test_eval_adapters import WINDOW, _gradient, _write_dicom
 
 from data_prep.phantom.dense_sets import SIIM_POSITIVE, object_case, siim_case
 from pipeline.eval.adapters import DenseImages, load_object_cxr, load_rsna_boxes, load_siim, parse_annotation
@@ -85,7 +85,7 @@ def test_siim_regions_united_empty_and_missing_images(tmp_path: Path) -> None:
     root = _siim_tree(tmp_path, [("a", " " + encode_kaggle_rle(first)), ("a", " " + encode_kaggle_rle(second)),
                                  ("b", " -1"), ("gone", " -1")],
                       {"a": (6, 4), "b": (5, 7)})  # fmt: skip
-    data = load_siim(root)
+    data = load_siim(root, WINDOW)
     assert data.ids == ["a", "b"] and data.skipped == {"missing_image": 1}
     assert data.sizes == [(6, 4), (5, 7)]
     assert (data.masks[0]() == (first | second)).all() and not data.masks[1]().any()
@@ -96,13 +96,13 @@ def test_siim_regions_united_empty_and_missing_images(tmp_path: Path) -> None:
 def test_siim_bad_rle_names_file_line_and_column(tmp_path: Path) -> None:
     root = _siim_tree(tmp_path, [("a", " -1"), ("b", " 3 x")], {"a": (4, 4), "b": (4, 4)})
     with pytest.raises(ValueError, match=r"train-rle.csv:3 column ' EncodedPixels'"):
-        load_siim(root)
+        load_siim(root, WINDOW)
 
 
 def test_siim_mask_larger_than_its_image_is_an_error(tmp_path: Path) -> None:
     root = _siim_tree(tmp_path, [("a", " 10 20")], {"a": (4, 4)})
     with pytest.raises(ValueError, match=r"train-rle.csv:2 .*runs past its 4 x 4 image"):
-        load_siim(root)
+        load_siim(root, WINDOW)
 
 
 def test_siim_column_without_leading_space_is_named(tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ def test_siim_column_without_leading_space_is_named(tmp_path: Path) -> None:
     root.mkdir()
     (root / "train-rle.csv").write_text("ImageId,EncodedPixels\na,-1\n")
     with pytest.raises(ValueError, match="' EncodedPixels'"):
-        load_siim(root)
+        load_siim(root, WINDOW)
 
 
 # --------------------------------------------------------------------------- RSNA boxes
@@ -123,7 +123,7 @@ def test_rsna_boxes_masks_and_box_outside_is_counted(tmp_path: Path) -> None:
                      "MONOCHROME2")  # fmt: skip
     (root / "stage_2_train_labels.csv").write_text(
         "patientId,x,y,width,height,Target\np1,2,3,10,5,1\np1,40,2,5,5,1\np2,,,,,0\n")
-    data = load_rsna_boxes(root)
+    data = load_rsna_boxes(root, WINDOW)
     assert data.ids == ["p1", "p2"] and data.skipped == {"box_outside_image": 1}
     assert data.boxes[0].tolist() == [[2.0, 3.0, 12.0, 8.0]] and data.boxes[1].shape == (0, 4)
     mask = data.masks[0]()
@@ -135,7 +135,7 @@ def test_rsna_bad_box_cell_names_line_and_column(tmp_path: Path) -> None:
     root.mkdir()
     (root / "stage_2_train_labels.csv").write_text("patientId,x,y,width,height,Target\np1,2,3,ten,5,1\n")
     with pytest.raises(ValueError, match=r"stage_2_train_labels.csv:2 column 'width'"):
-        load_rsna_boxes(root)
+        load_rsna_boxes(root, WINDOW)
 
 
 # --------------------------------------------------------------------------- Object-CXR
@@ -178,7 +178,7 @@ def test_prepare_refuses_a_mask_whose_size_differs_from_its_image(tmp_path: Path
 
 
 def test_phantom_siim_and_object_cxr_layouts(phantom_root: Path) -> None:
-    siim = load_siim(phantom_root / "downstream" / "siim")
+    siim = load_siim(phantom_root / "downstream" / "siim", WINDOW)
     assert len(siim) == 60 and siim.skipped == {"missing_image": 0}
     for i in (0, 1, 2):
         pixels, masks = siim_case(0, i, (256, 320))
@@ -222,11 +222,11 @@ def test_rsna_mgca_split_sizes_and_split_files_reused(tmp_path: Path, repo_root:
     cfg = load_config(EvalConfig, repo_root / "configs/eval/detection.yaml", [
         "checkpoint=x", f"data.rsna.root={root}", "data.rsna.dense_split=mgca", "data.rsna.mgca_split_sizes=[1, 2]",
         f"dense.split_dir={tmp_path / 'splits'}"])  # fmt: skip
-    splits = load_dense_splits(SimpleNamespace(cfg=cfg), "rsna")
+    splits = load_dense_splits(SimpleNamespace(cfg=cfg, dicom_window=lambda: WINDOW), "rsna")
     assert (len(splits.train), len(splits.valid), len(splits.test)) == (3, 1, 2)
     assert not set(splits.train.ids) & set(splits.test.ids)
     assert (splits.folder / "test.txt").read_text().split() == splits.test.ids
-    assert load_dense_splits(SimpleNamespace(cfg=cfg), "rsna").test.ids == splits.test.ids
+    assert load_dense_splits(SimpleNamespace(cfg=cfg, dicom_window=lambda: WINDOW), "rsna").test.ids == splits.test.ids
     cfg.data.rsna.mgca_split_sizes = (3, 3)
     with pytest.raises(ValueError, match="leave no training images"):
-        load_dense_splits(SimpleNamespace(cfg=cfg), "rsna")
+        load_dense_splits(SimpleNamespace(cfg=cfg, dicom_window=lambda: WINDOW), "rsna")
