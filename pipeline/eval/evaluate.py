@@ -9,10 +9,12 @@ from pipeline import job_env
 from pipeline.config import ConfigError
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.context import EvalContext, TaskResult, resolve_transform, tokenizer_for
+from pipeline.eval.detection import run_detection
 from pipeline.eval.grounding import run_grounding
 from pipeline.eval.linear_probe import run_linear_probe
 from pipeline.eval.reporting import log_to_mlflow, write_outputs
 from pipeline.eval.retrieval import run_retrieval
+from pipeline.eval.segmentation import run_segmentation
 from pipeline.eval.zero_shot import run_zero_shot
 from pipeline.models import load_exported
 from pipeline.models.export_format import EXPORT_FILE, read_description
@@ -23,6 +25,8 @@ TASKS = {
     "retrieval": run_retrieval,
     "linear_probe": run_linear_probe,
     "grounding": run_grounding,
+    "segmentation": run_segmentation,
+    "detection": run_detection,
 }
 
 
