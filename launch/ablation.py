@@ -10,7 +10,8 @@ studies, 60/10/30 % split so the held-out split is big enough to compare presets
 like the demo (144 px, MiniLM report embeddings when the package is installed).
 
 Every preset gets the same model, data, batch, seed and number of optimizer steps (only
-``loss.preset`` differs); extra ``key=value`` arguments go to every training run. Each run is
+``loss.preset`` differs); the ``untrained`` row is that model exported before its first step
+(``schedule.max_steps=0``). Extra ``key=value`` arguments go to every training run. Each run is
 evaluated with ``configs/eval/phantom_all.yaml``; the table (also written as ``ablation.md`` and
 ``ablation.json``) labels every number phantom. This file only starts processes and reads their
 ``metrics.json``.
@@ -30,6 +31,9 @@ from pipeline.config import presets
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = tuple(presets("loss"))  # the files of configs/loss/
+# The untrained row: the same model as every preset's step 0 (seeded init), exported without a step.
+UNTRAINED = "untrained"
+ROWS = (UNTRAINED, *PRESETS)
 SPLIT = (0.6, 0.1, 0.3)  # train / validate / test of the ablation's phantom set
 COLUMNS = (
     ("zero-shot mean AUROC", ("zero_shot", "mean_auroc", "auroc")),
@@ -45,11 +49,15 @@ COLUMNS = (
 log = logging.getLogger("sista.ablation")
 
 
-def train_command(args: argparse.Namespace, preset: str) -> list[str]:
-    """The training command of one preset (torchrun with ``--nproc`` CPU processes, or one plain process)."""
+def train_command(args: argparse.Namespace, row: str) -> list[str]:
+    """The training command of one row (torchrun with ``--nproc`` CPU processes, or one plain process).
+
+    A preset trains ``--steps`` steps; the untrained row runs the first preset's command with no step.
+    """
+    preset, steps = (PRESETS[0], 0) if row == UNTRAINED else (row, args.steps)
     overrides = [
-        f"data.manifest={args.manifest}", f"run.output_dir={args.out}", f"run.name={preset}",
-        f"loss.preset={preset}", f"schedule.max_steps={args.steps}", "run.max_minutes=null",
+        f"data.manifest={args.manifest}", f"run.output_dir={args.out}", f"run.name={row}",
+        f"loss.preset={preset}", f"schedule.max_steps={steps}", "run.max_minutes=null",
         "checkpoint.export_at_end=true", *args.overrides,
     ]
     module = ["-m", "pipeline.train", "--config", str(args.train_config), *overrides]
@@ -91,14 +99,15 @@ def lookup(tree: dict, path: tuple[str, ...]) -> float | None:
 
 def ablation_table(metrics: dict[str, dict], steps: int) -> str:
     """One Markdown table: a row per preset, a column per headline number, all labelled phantom."""
-    header = "| preset (phantom, same budget: " + f"{steps} steps) | " + " | ".join(c for c, _ in COLUMNS) + " |"
+    header = "| row (phantom, same budget: " + f"{steps} steps) | " + " | ".join(c for c, _ in COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
-    for preset, tree in metrics.items():
+    for row, tree in metrics.items():
         cells = []
         for _, path in COLUMNS:
             value = lookup(tree["tasks"], path)
             cells.append("n/a" if value is None else f"{100 * value:.1f}")
-        lines.append(f"| {preset} | " + " | ".join(cells) + " |")
+        label = f"{UNTRAINED} (0 steps: the presets' seeded initial model)" if row == UNTRAINED else row
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("All numbers in % and measured on the phantom set (a test instrument, not a clinical benchmark); "
                  "retrieval relevance = same label set.")
@@ -138,7 +147,7 @@ def make_phantom_shards(out: Path, studies: int, workers: int) -> tuple[Path, Pa
 
 
 SETTINGS_FILE = "ablation_settings.json"
-STALE = ("phantoms", "shards", "splits", "ablation.md", "ablation.json", *PRESETS)
+STALE = ("phantoms", "shards", "splits", "ablation.md", "ablation.json", *ROWS)
 
 
 def ablation_settings(args: argparse.Namespace) -> dict:
@@ -209,7 +218,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, required=True, help="optimizer steps per preset (the budget)")
     parser.add_argument("--nproc", type=int, default=2, help="training processes per run (torchrun on CPU)")
     parser.add_argument("--train-config", default=str(REPO / "configs/pretrain/ablation.yaml"))
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--presets", nargs="+", default=list(ROWS), choices=ROWS,
+                        help=f"rows of the table: '{UNTRAINED}' (no training step) and loss presets (default: all)")
     parser.add_argument("--replace-stale", action="store_true",
                         help="remove runs under --out that were made with other settings instead of stopping")
     parser.add_argument("--eval-override", dest="eval_overrides", action="append", default=[],

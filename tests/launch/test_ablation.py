@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from launch.ablation import PRESETS, ablation_table, eval_command, parse_args, train_command
+from launch.ablation import PRESETS, ROWS, UNTRAINED, ablation_table, eval_command, parse_args, train_command
 
 
 def test_presets_differ_only_in_the_loss_preset(tmp_path) -> None:
@@ -17,6 +17,18 @@ def test_presets_differ_only_in_the_loss_preset(tmp_path) -> None:
     evaluation = eval_command(args, "sista")
     assert any(c.endswith("configs/eval/phantom_all.yaml") for c in evaluation)
     assert f"checkpoint={tmp_path / 'sista' / 'export'}" in evaluation
+
+
+def test_untrained_row_is_the_first_presets_command_without_a_step(tmp_path) -> None:
+    args = parse_args(["--manifest", "m.json", "--annotations", "a.json", "--out", str(tmp_path), "--steps", "7"])
+    assert args.presets == list(ROWS) and ROWS[0] == UNTRAINED  # on by default, first in the table
+    untrained, first = train_command(args, UNTRAINED), train_command(args, PRESETS[0])
+    assert "schedule.max_steps=0" in untrained and f"run.name={UNTRAINED}" in untrained
+    assert [c.replace("max_steps=0", "max_steps=7").replace(f"name={UNTRAINED}", f"name={PRESETS[0]}")
+            for c in untrained] == first
+    assert f"checkpoint={tmp_path / UNTRAINED / 'export'}" in eval_command(args, UNTRAINED)
+    table = ablation_table({UNTRAINED: {"tasks": {}}, "clip": {"tasks": {}}}, steps=7).splitlines()
+    assert table[2].startswith("| untrained (0 steps") and table[3].startswith("| clip |")
 
 
 def test_table_has_one_row_per_preset_and_says_phantom() -> None:
