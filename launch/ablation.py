@@ -119,6 +119,9 @@ def ablation_table(metrics: dict[str, dict], steps: int) -> str:
                  f"pointing {100 * pointing_chance:.1f} (mean region area)" if pointing_chance is not None else ""]
         lines.append("Chance levels: " + ", ".join(p for p in parts if p) + "; zero-shot and probe AUROC 50.0. "
                      "Per-run 95 % CIs are in <preset>/eval/metrics.md.")
+    protocol = first.get("linear_probe", {}).get("protocol")
+    if protocol is not None:
+        lines.append(f"Linear probe: the `{protocol}` protocol (docs/evaluation.md#linear-probe-protocols).")
     lines.append("¹ diagnostic, not a standard protocol: both modalities' mean embedding over the test split "
                  "subtracted before ranking (no labels used); it removes the 'hub' reports that are every image's "
                  "nearest neighbour in an undertrained model.")
