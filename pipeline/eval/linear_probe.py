@@ -165,7 +165,7 @@ def _seeded_rsna(pool: LabelledImages, fractions: Sequence[float], root: Path, s
 def _with_committed(name: str, pool: LabelledImages, folder: str, root: Path) -> ProbeData:
     """Train / valid / test from a data set's committed split files over every image its adapter reads."""
     committed = resolve_path(folder, f"data.{name}.split_files")
-    train, valid, test = read_committed_splits(committed, pool)
+    train, valid, test = (by_ids(pool, ids) for ids in read_committed_splits(committed, pool.ids))
     return ProbeData(name, train, valid, test, split_folder(root, name, train), committed)
 
 
@@ -274,7 +274,7 @@ def run_linear_probe(ctx: EvalContext) -> TaskResult:
                  "num_valid": len(data.valid), "num_test": len(data.test), "fractions": {}}
         for fraction in probe.fractions:
             tag = fraction_tag(fraction)
-            ids, split_file = fraction_split(data.train, fraction, seed=probe.seed, minimum=probe.min_train,
+            ids, split_file = fraction_split(data.train.ids, fraction, seed=probe.seed, minimum=probe.min_train,
                                              split_dir=data.split_dir, committed=data.committed)
             started = time.perf_counter()
             fit = PROTOCOLS[probe.protocol](ctx, data, by_ids(data.train, ids))

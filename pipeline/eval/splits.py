@@ -122,13 +122,13 @@ def concat(parts: Sequence[LabelledImages], name: str) -> LabelledImages:
     )
 
 
-def read_committed_splits(folder: Path, pool: LabelledImages) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
-    """Train / valid / test named by a data set's committed split files (the BenchX layout).
+def read_committed_splits(folder: Path, known: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """Train / valid / test ids named by a data set's committed split files (the BenchX layout).
 
     ``folder`` holds ``train.txt`` (the whole training set, 100 %), ``val.txt`` or ``valid.txt``,
     ``test.txt`` and optionally ``train_1.txt`` / ``train_10.txt`` (1 % / 10 % subsets of
-    ``train.txt``); one sample id per line, as the data set's adapter names its samples. ``pool`` is
-    every labelled image the adapter reads; the three sets must not share an id.
+    ``train.txt``); one sample id per line, as the data set's adapter names its samples. ``known``
+    are the ids of every labelled image the adapter reads; the three sets must not share an id.
     """
     folder = Path(folder)
     valid_file = next((folder / n for n in COMMITTED_VALID if (folder / n).is_file()), None)
@@ -138,28 +138,29 @@ def read_committed_splits(folder: Path, pool: LabelledImages) -> tuple[LabelledI
     if missing:
         raise FileNotFoundError(f"committed split folder {folder}: missing {', '.join(missing)}")
     files = (folder / COMMITTED_TRAIN, valid_file, folder / COMMITTED_TEST)
-    parts = [read_id_file(path, pool.ids) for path in files]
+    parts = [read_id_file(path, known) for path in files]
     for a, b in ((0, 1), (0, 2), (1, 2)):
         shared = set(parts[a]) & set(parts[b])
         if shared:
             raise ValueError(f"{files[a]} and {files[b]} share {len(shared)} ids (e.g. {sorted(shared)[:3]})")
-    return tuple(by_ids(pool, ids) for ids in parts)
+    return parts[0], parts[1], parts[2]
 
 
 def fraction_split(
-    train: LabelledImages, fraction: float, *, seed: int, minimum: int, split_dir: Path, committed: Path | None
+    train_ids: Sequence[str], fraction: float, *, seed: int, minimum: int, split_dir: Path, committed: Path | None
 ) -> tuple[list[str], Path]:
     """The training ids of a label fraction and the file they came from.
 
-    A committed ``train_<pct>.txt`` is read as given (100 % is the whole training set);
-    otherwise a seeded subset is written once to ``split_dir/train_<pct>pct_seed<seed>.txt`` and reused.
+    With a committed split folder, its ``train_<pct>.txt`` is read as given (100 % is its whole
+    ``train.txt``); otherwise a seeded subset is written once to
+    ``split_dir/train_<pct>pct_seed<seed>.txt`` and reused.
     """
     if committed is not None:
-        path = committed_fraction_file(committed, fraction)
         if fraction == 1:
-            return list(train.ids), Path(committed) / COMMITTED_TRAIN
+            return list(train_ids), Path(committed) / COMMITTED_TRAIN
+        path = committed_fraction_file(committed, fraction)
         if path.is_file():
-            return read_id_file(path, train.ids), path
+            return read_id_file(path, train_ids), path
     path = Path(split_dir) / f"train_{fraction_tag(fraction)}_seed{seed}.txt"
-    ids = read_or_write_ids(path, lambda: fraction_ids(train.ids, fraction, seed, minimum), train.ids)
+    ids = read_or_write_ids(path, lambda: fraction_ids(train_ids, fraction, seed, minimum), train_ids)
     return ids, path

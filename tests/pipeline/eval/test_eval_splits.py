@@ -36,18 +36,18 @@ def test_committed_splits_and_fractions_are_read_as_given(tmp_path: Path) -> Non
     _write(committed, "val.txt", ["s12", "s13", "s14"])
     _write(committed, "test.txt", ["s19", "s15", "s16", "s17", "s18"])  # order kept
     _write(committed, "train_1.txt", ["images/s03", "s07"])  # BenchX names COVIDx images folder/file
-    train, valid, test = read_committed_splits(committed, pool)
-    assert train.ids == [f"s{i:02d}" for i in range(12)] and valid.ids == ["s12", "s13", "s14"]
-    assert test.ids == ["s19", "s15", "s16", "s17", "s18"]
+    train, valid, test = read_committed_splits(committed, pool.ids)
+    assert train == [f"s{i:02d}" for i in range(12)] and valid == ["s12", "s13", "s14"]
+    assert test == ["s19", "s15", "s16", "s17", "s18"]
 
     seeded = tmp_path / "seeded"
     ids, source = fraction_split(train, 0.01, seed=0, minimum=2, split_dir=seeded, committed=committed)
     assert (ids, source) == (["s03", "s07"], committed / "train_1.txt")
     ids, source = fraction_split(train, 1.0, seed=0, minimum=2, split_dir=seeded, committed=committed)
-    assert ids == train.ids and source == committed / "train.txt"
+    assert ids == train and source == committed / "train.txt"
     # no train_10.txt: a seeded file is written once, then reused
     ids, source = fraction_split(train, 0.1, seed=0, minimum=4, split_dir=seeded, committed=committed)
-    assert source == seeded / "train_10pct_seed0.txt" and len(ids) == 4 and set(ids) <= set(train.ids)
+    assert source == seeded / "train_10pct_seed0.txt" and len(ids) == 4 and set(ids) <= set(train)
     source.write_text("s00\ns01\n")
     again, _ = fraction_split(train, 0.1, seed=0, minimum=4, split_dir=seeded, committed=committed)
     assert again == ["s00", "s01"]
@@ -58,18 +58,18 @@ def test_committed_split_errors_name_the_file_and_line(tmp_path: Path) -> None:
     _write(committed, "train.txt", ["s00", "s01"])
     _write(committed, "valid.txt", ["s02"])  # the other accepted name of the validation file
     with pytest.raises(FileNotFoundError, match=r"benchx: missing test.txt"):
-        read_committed_splits(committed, pool)
+        read_committed_splits(committed, pool.ids)
     _write(committed, "test.txt", ["s03", "", "nope"])
     with pytest.raises(ValueError, match=r"test.txt:3: id 'nope' is not in the data set"):
-        read_committed_splits(committed, pool)
+        read_committed_splits(committed, pool.ids)
     _write(committed, "test.txt", ["s03", "s03"])
     with pytest.raises(ValueError, match=r"test.txt:2: id 's03' is listed twice"):
-        read_committed_splits(committed, pool)
+        read_committed_splits(committed, pool.ids)
     _write(committed, "test.txt", ["s03", "s01"])
     with pytest.raises(ValueError, match=r"train.txt and .*test.txt share 1 ids"):
-        read_committed_splits(committed, pool)
+        read_committed_splits(committed, pool.ids)
     _write(committed, "test.txt", ["s03"])
-    train, _, _ = read_committed_splits(committed, pool)
+    train, _, _ = read_committed_splits(committed, pool.ids)
     _write(committed, "train_1.txt", ["s05"])  # not in train.txt
     with pytest.raises(ValueError, match=r"train_1.txt:1: id 's05' is not in the data set"):
         fraction_split(train, 0.01, seed=0, minimum=1, split_dir=tmp_path / "s", committed=committed)
