@@ -1,11 +1,11 @@
 """Write a phantom MIMIC-CXR data set: synthetic radiographs and reports whose ground truth is known.
 
     python data_prep/make_phantoms.py --out DIR --studies N --seed S [--jpg] [--workers K]
-        [--image-size-range 384,640] [--split-fractions 0.98,0.01,0.01] [--downstream]
+        [--image-size-range 384,640] [--split-fractions 0.98,0.01,0.01] [--downstream [--downstream-images 400]]
 
 Layout and contents follow docs/phantoms.md (MIMIC-CXR v2.0.0 folders and CSVs, DICOM in several
 encodings, optional MIMIC-CXR-JPG mirror, ``phantom_annotations.json``, optional CheXpert/RSNA
-layouts). The same seed and arguments give byte-identical output whatever ``--workers`` is.
+layouts, and SIIM/Object-CXR segmentation and detection sets). The same seed and arguments give byte-identical output whatever ``--workers`` is.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_prep.phantom.cohort import plan_cohort
+from data_prep.phantom.dense_sets import write_dense_sets
 from data_prep.phantom.study import Settings, StudyRecord, write_study
 from data_prep.phantom.tables import (
     CSV_NAMES,
@@ -63,6 +64,7 @@ def make_phantoms(
     image_size_range: tuple[int, int] = (384, 640),
     split_fractions: tuple[float, float, float] = (0.98, 0.01, 0.01),
     downstream: bool = False,
+    downstream_images: int = 400,
 ) -> Path:
     """Write ``studies`` phantom studies into ``out_dir`` (MIMIC-CXR layout) and return the folder."""
     lo, hi = (int(v) for v in image_size_range)
@@ -105,6 +107,7 @@ def make_phantoms(
         write_chexpert_downstream(out / "downstream" / "chexpert", [r for rec in records for r in rec.chexpert_rows])
         write_rsna_labels(out / "downstream" / "rsna" / "stage_2_train_labels.csv",
                           [r for rec in records for r in rec.rsna_rows])  # fmt: skip
+        write_dense_sets(out / "downstream", settings.seed, downstream_images, (lo, hi))  # SIIM + Object-CXR layouts
     seconds = time.perf_counter() - start
     log.info("wrote %d phantom studies (%d images) to %s in %.1f s (%.1f studies/s)",
              len(plans), len(metadata), out, seconds, len(plans) / max(seconds, 1e-9))  # fmt: skip
@@ -138,7 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="LO,HI", help="rows and columns are drawn in [LO, HI] (default: %(default)s)")  # fmt: skip
     parser.add_argument("--split-fractions", type=lambda t: _pair(t, float, 3), default=defaults["split_fractions"],
                         metavar="TRAIN,VAL,TEST", help="patient fractions (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--downstream", action="store_true", help="also write CheXpert- and RSNA-style layouts")
+    parser.add_argument("--downstream", action="store_true",
+                        help="also write CheXpert-, RSNA-, SIIM- and Object-CXR-style layouts")  # fmt: skip
+    parser.add_argument("--downstream-images", type=int, default=defaults["downstream_images"],
+                        help="images of each SIIM / Object-CXR set (default: %(default)s)")  # fmt: skip
     return parser
 
 
@@ -150,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     make_phantoms(args.out, args.studies, args.seed, jpg=args.jpg, workers=args.workers,
                   image_size_range=args.image_size_range, split_fractions=args.split_fractions,
-                  downstream=args.downstream)  # fmt: skip
+                  downstream=args.downstream, downstream_images=args.downstream_images)  # fmt: skip
     return 0
 
 

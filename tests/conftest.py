@@ -36,5 +36,6 @@ def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         image_size_range=(256, 320),
         split_fractions=(0.7, 0.15, 0.15),
         downstream=True,
+        downstream_images=60,
     )
     return out

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 from pipeline.data.transforms import TransformConfig
 
-TaskName = Literal["zero_shot", "retrieval", "linear_probe", "grounding"]
+TaskName = Literal["zero_shot", "retrieval", "linear_probe", "grounding", "segmentation", "detection"]
 
 
 @dataclass
@@ -62,6 +62,25 @@ class RsnaDataConfig:
     split_fractions: list[float]
     root: Optional[str] = None
     split_files: Optional[str] = None  # folder of committed split files (BenchX layout); None: seeded files
+    dense_split: Literal["fractions", "mgca"] = "fractions"  # segmentation/detection: ours or MGCA's counts
+    mgca_split_sizes: tuple[int, int] = (5337, 5337)  # MGCA's RSNA validation / test sizes (the rest trains)
+
+
+@dataclass
+class SiimDataConfig:
+    """SIIM-ACR Pneumothorax: train-rle.csv's pool split into train / valid / test fractions (split files)."""
+
+    split_fractions: list[float]
+    balance_train: bool  # MGCA: as many negative as positive training images
+    root: Optional[str] = None
+
+
+@dataclass
+class ObjectCxrDataConfig:
+    """Object-CXR: train.csv (a validation part carved out) and dev.csv (the test set, as in MGCA)."""
+
+    valid_fraction: float
+    root: Optional[str] = None
 
 
 @dataclass
@@ -91,6 +110,8 @@ class EvalDataConfig:
     rsna: RsnaDataConfig
     covidx: CovidxDataConfig
     ms_cxr: MsCxrDataConfig
+    siim: SiimDataConfig
+    object_cxr: ObjectCxrDataConfig
     phantom_annotations: Optional[str] = None  # phantom_annotations.json of the phantom tree
 
 
@@ -174,6 +195,47 @@ class GroundingConfig:
 
 
 @dataclass
+class DenseTrainConfig:
+    """How a segmentation/detection head learns on the frozen encoder (MGCA's defaults in configs/eval/base.yaml)."""
+
+    fractions: list[float]
+    seed: int
+    min_train: int  # at least this many training images at small fractions of a small set
+    split_dir: str  # split files: written on first use, reused afterwards
+    epochs: int
+    patience: int  # early stopping: epochs without a lower validation loss
+    batch_size: int
+    learning_rate: float  # AdamW
+    weight_decay: float
+    augment: bool  # MGCA: a random affine per step, features recomputed; false: features computed once and cached
+    rotate_degrees: float  # augmentation: rotation drawn from [-r, r]
+    translate: float  # augmentation: shift, fraction of the side
+    scale: tuple[float, float]  # augmentation: zoom range
+    figure_images: int  # rows of the image | truth | prediction figure
+    image_size: Optional[int] = None  # square input side; None: the pre-training transform's image_size
+
+
+@dataclass
+class SegmentationConfig:
+    """Frozen encoder + a decoder (SETR for ViTs, U-Net for CNNs): Dice at each label fraction."""
+
+    datasets: list[Literal["siim", "rsna", "object_cxr"]]
+    threshold: float  # probability >= this is foreground
+    focal_alpha: float  # MGCA's MixedLoss: alpha x focal - log(soft Dice)
+
+
+@dataclass
+class DetectionConfig:
+    """Frozen encoder + a YOLOv3-style head (ViTs through a simple feature pyramid): mAP at each label fraction."""
+
+    datasets: list[Literal["rsna", "object_cxr"]]
+    confidence: float  # a box is kept when objectness x class >= this
+    nms_iou: float
+    iou_thresholds: list[float]  # mAP averaged over these IoUs
+    n_boot: int  # bootstrap resamples of the mAP (each one a full mAP computation)
+
+
+@dataclass
 class EvalConfig:
     """Everything ``python -m pipeline.evaluate`` needs."""
 
@@ -189,5 +251,8 @@ class EvalConfig:
     retrieval: RetrievalConfig
     linear_probe: LinearProbeConfig
     grounding: GroundingConfig
+    dense: DenseTrainConfig  # how segmentation and detection heads learn
+    segmentation: SegmentationConfig
+    detection: DetectionConfig
     output_dir: Optional[str] = None  # None: <checkpoint>/../eval/<config name>
     transform: Optional[TransformConfig] = None  # None: data.transform of the training run's config.yaml

@@ -8,10 +8,12 @@ from pathlib import Path
 from pipeline.config import ConfigError
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.context import EvalContext, TaskResult, pick_device, resolve_transform, tokenizer_for
+from pipeline.eval.detection import run_detection
 from pipeline.eval.grounding import run_grounding
 from pipeline.eval.linear_probe import run_linear_probe
 from pipeline.eval.reporting import log_to_mlflow, write_outputs
 from pipeline.eval.retrieval import run_retrieval
+from pipeline.eval.segmentation import run_segmentation
 from pipeline.eval.zero_shot import run_zero_shot
 from pipeline.models import load_exported
 
@@ -21,6 +23,8 @@ TASKS = {
     "retrieval": run_retrieval,
     "linear_probe": run_linear_probe,
     "grounding": run_grounding,
+    "segmentation": run_segmentation,
+    "detection": run_detection,
 }
 
 

@@ -48,3 +48,36 @@ def grounding_grid(examples: list[dict], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def dense_grid(examples: list[dict], path: Path, title: str) -> Path:
+    """One row per example: image | ground truth | prediction, each a mask overlay or boxes.
+
+    Each example holds ``image`` [S, S] in [0, 1] and ``truth`` / ``predicted``: bool masks [S, S] or
+    ``[k, 4]`` x1, y1, x2, y2 boxes in the image's pixels.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = max(len(examples), 1)
+    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.6 * rows), squeeze=False)
+    for ax_row, example in zip(axes, examples):
+        image = np.clip(example["image"], 0, 1)
+        for ax, key in zip(ax_row, (None, "truth", "predicted")):
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+            if key is None:
+                continue
+            region = np.asarray(example[key])
+            if region.ndim == 2 and region.shape == image.shape:
+                ax.imshow(np.ma.masked_where(~region.astype(bool), region), cmap="autumn", alpha=0.5, vmin=0, vmax=1)
+            else:
+                for x1, y1, x2, y2 in region.reshape(-1, 4):
+                    ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", linewidth=1.2))
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, name in zip(axes[0], ("image", "ground truth", "prediction")):
+        ax.set_title(name)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -211,3 +211,11 @@ def weighted_mean(values: np.ndarray, weights: np.ndarray | None = None) -> np.n
     values = np.asarray(values, dtype=np.float64).ravel()
     weights = _as_weights(weights, values.size)
     return (weights * values).sum(axis=1) / weights.sum(axis=1)
+
+
+def dice(predicted: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """``[N]`` Dice of boolean ``[N, H, W]`` masks, per image; 1.0 where both are empty (MGCA's convention)."""
+    predicted, masks = predicted.astype(bool), masks.astype(bool)
+    overlap = (predicted & masks).sum(axis=(1, 2)).astype(np.float64)
+    total = predicted.sum(axis=(1, 2)).astype(np.float64) + masks.sum(axis=(1, 2))
+    return np.where(total == 0, 1.0, 2 * overlap / np.maximum(total, 1))

@@ -22,7 +22,7 @@ def markdown_report(results: list[TaskResult], data_name: str, checkpoint: str) 
     """One Markdown table per task: what | value (%) | 95 % CI, every number labelled with the data set."""
     lines = [f"# Evaluation of `{checkpoint}`", ""]
     for result in results:
-        lines += [f"## {result.task} ({data_name})" if result.task != "linear_probe" else f"## {result.task}", ""]
+        lines += [f"## {result.task} ({data_name})" if result.task not in ("linear_probe", "segmentation", "detection") else f"## {result.task}", ""]
         lines += ["| metric | value (%) | 95 % CI |", "|---|---|---|"]
         lines += [f"| {what} | {value} | {ci} |" for what, value, ci in result.table]
         lines += [f"![{f.stem}]({f.relative_to(f.parents[1]).as_posix()})" for f in result.figures]

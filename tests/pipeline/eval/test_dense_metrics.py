@@ -1,0 +1,127 @@
+"""Dice/IoU on hand cases, mAP against torchmetrics on a hand case, the YOLO head's assignment and decoding, the heads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.eval import metrics
+from pipeline.eval.detection import Detector, mean_average_precision
+from pipeline.eval.segmentation import dice_summary, mixed_loss
+from pipeline.eval.yolo import STRIDES, YoloHead, anchors, decode, yolo_loss
+
+IOUS = [0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75]
+
+
+def test_dice_and_iou_hand_cases() -> None:
+    truth = np.zeros((4, 2, 4), bool)
+    pred = np.zeros((4, 2, 4), bool)
+    truth[0, 0, :2] = True  # 2 true pixels, 1 predicted of them plus 1 extra: Dice 2*1/(2+2) = 0.5, IoU 1/3
+    pred[0, 0, 1:3] = True
+    truth[1, 1, :] = pred[1, 1, :] = True  # perfect: 1, 1
+    # image 2: both empty -> 1 (MGCA), image 3: truth only -> 0
+    truth[3, 0, 0] = True
+    assert metrics.dice(pred, truth).tolist() == [0.5, 1.0, 1.0, 0.0]
+    assert np.allclose(metrics.iou(pred, truth), [1 / 3, 1.0, 1.0, 0.0])
+    summary = dice_summary(metrics.dice(pred, truth), truth.any(axis=(1, 2)), metrics.iou(pred, truth), 50, 0, 0.95)
+    assert summary["dice"] == pytest.approx(0.625)
+    assert summary["dice_positive"] == pytest.approx(0.5)  # images 0, 1, 3
+    assert summary["dice_ci"][0] <= 0.625 <= summary["dice_ci"][1]
+
+
+def test_mixed_loss_matches_a_float64_loop() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 3, 3, generator=gen, dtype=torch.float64)
+    masks = torch.rand(2, 3, 3, generator=gen) < 0.4
+    focal, inter, total = 0.0, 0.0, 0.0
+    for p_logit, y in zip(logits.flatten().tolist(), masks.flatten().float().tolist()):
+        p = 1 / (1 + np.exp(-p_logit))
+        p_true = p if y else 1 - p
+        focal += (1 - p_true) ** 2 * -np.log(p_true)
+        inter, total = inter + p * y, total + p + y
+    expected = 10 * focal / 18 - np.log((2 * inter + 1) / (total + 1))
+    assert float(mixed_loss(logits, masks, 10.0)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_map_of_a_hand_case_matches_the_library() -> None:
+    from torchmetrics.detection import MeanAveragePrecision
+
+    truth = [torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.tensor([[20.0, 20.0, 40.0, 40.0]])]
+    predicted = [(torch.tensor([[0.0, 0.0, 10.0, 6.0]]), torch.tensor([0.9])),  # IoU 0.6: a hit at 5 of 8 thresholds
+                 (torch.tensor([[20.0, 20.0, 40.0, 40.0], [0.0, 0.0, 5.0, 5.0]]), torch.tensor([0.8, 0.7]))]  # fmt: skip
+    value = mean_average_precision(predicted, truth, IOUS)
+    library = MeanAveragePrecision(iou_thresholds=IOUS)
+    library.update([{"boxes": b, "scores": s, "labels": torch.zeros(len(b), dtype=torch.long)} for b, s in predicted],
+                   [{"boxes": t, "labels": torch.zeros(1, dtype=torch.long)} for t in truth])  # fmt: skip
+    assert value == pytest.approx(float(library.compute()["map"]))
+    # by hand: ranked 0.9 (IoU 0.6), 0.8 (IoU 1), 0.7 (IoU 0.25). At IoU <= 0.6 the first two are hits: AP 1.
+    # Above, 0.9 is a miss, so recall stops at 0.5 with precision 0.5: COCO's 101-point AP = 51 x 0.5 / 101.
+    assert value == pytest.approx((5 * 1.0 + 3 * 51 * 0.5 / 101) / 8, abs=1e-6)
+
+
+def _perfect_outputs(boxes: list[torch.Tensor], size: int) -> list[torch.Tensor]:
+    """YOLO outputs that encode ``boxes`` exactly at their assigned anchors (logits +-20 elsewhere)."""
+    prior = anchors(size)
+    out = [torch.full((len(boxes), 3, size // s, size // s, 6), -20.0) for s in STRIDES]
+    for image, image_boxes in enumerate(boxes):  # a reference written as a loop over boxes
+        for x1, y1, x2, y2 in image_boxes.tolist():
+            w, h = x2 - x1, y2 - y1
+            ious = [min(w, aw) * min(h, ah) / (w * h + aw * ah - min(w, aw) * min(h, ah)) for aw, ah in prior.tolist()]
+            best = int(np.argmax(ious))
+            level, a, stride = best // 3, best % 3, STRIDES[best // 3]
+            cx, cy = (x1 + x2) / 2 / stride, (y1 + y2) / 2 / stride
+            gx, gy = int(cx), int(cy)
+            logit = lambda v: float(np.log(v / (1 - v)))  # noqa: E731
+            out[level][image, a, gy, gx] = torch.tensor([logit(cx - gx), logit(cy - gy), np.log(w / prior[best, 0]),
+                                                         np.log(h / prior[best, 1]), 20.0, 20.0])  # fmt: skip
+    return out
+
+
+def test_yolo_decode_recovers_encoded_boxes_and_their_loss_is_low() -> None:
+    size = 64
+    boxes = [torch.tensor([[4.0, 6.0, 20.0, 30.0], [30.0, 30.0, 62.0, 50.0]]), torch.zeros(0, 4),
+             torch.tensor([[10.0, 10.0, 14.0, 15.0]])]  # fmt: skip
+    outputs = _perfect_outputs(boxes, size)
+    decoded = decode(outputs, size, confidence=0.5, nms_iou=0.5)
+    for (got, scores), want in zip(decoded, boxes):
+        assert got.shape == want.shape
+        order = torch.argsort(got[:, 0])
+        assert torch.allclose(got[order], want[torch.argsort(want[:, 0])], atol=1e-3)
+        assert (scores > 0.99).all()
+    perfect = float(yolo_loss(outputs, boxes, size))
+    shifted = [o.clone() for o in outputs]
+    for o in shifted:
+        o[..., 2] += 1.0  # every log-width off by one: the squared error adds 1 per box
+    # the offset BCE of a perfect output is the targets' own entropy; 3 boxes over 3 images add 3 / 3
+    assert float(yolo_loss(shifted, boxes, size)) == pytest.approx(perfect + 1.0, abs=1e-4)
+
+
+def test_yolo_head_learns_one_box_on_fixed_maps() -> None:
+    torch.manual_seed(0)
+    size = 64
+    maps = [torch.randn(4, 8, size // 16, size // 16)]
+    from pipeline.eval.dense_heads import SimpleFeaturePyramid
+
+    model = Detector(SimpleFeaturePyramid(8, 16), width=32)
+    boxes = [torch.tensor([[8.0, 8.0, 40.0, 40.0]])] * 4
+    optimiser = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    for _ in range(80):
+        loss = yolo_loss(model(maps), boxes, size)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        predicted = decode(model(maps), size, 0.5, 0.5)
+    assert mean_average_precision(predicted, boxes, IOUS) > 0.5
+
+
+def test_heads_output_the_input_size() -> None:
+    from pipeline.eval.dense_heads import SetrDecoder, UnetHead
+
+    assert tuple(SetrDecoder(8)([torch.randn(2, 8, 4, 4)], (64, 64)).shape) == (2, 1, 64, 64)
+    pyramid = [torch.randn(2, c, 32 // 2**k, 32 // 2**k) for k, c in enumerate((4, 6, 8, 10, 12))]
+    assert tuple(UnetHead(1, [4, 6, 8, 10, 12])(pyramid, (64, 64)).shape) == (2, 1, 64, 64)
+    assert [tuple(o.shape) for o in YoloHead([4, 4, 4])([torch.randn(1, 4, n, n) for n in (8, 4, 2)])] == [
+        (1, 3, 8, 8, 6), (1, 3, 4, 4, 6), (1, 3, 2, 2, 6)]  # fmt: skip
