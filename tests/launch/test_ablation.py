@@ -77,3 +77,25 @@ def test_an_edited_base_config_makes_runs_stale(tmp_path) -> None:
     before = ablation_settings(parse_args(argv))
     (tmp_path / "base.yaml").write_text("optim:\n  lr: 0.002\n")
     assert ablation_settings(parse_args(argv)) != before
+
+
+def test_transfer_switch_adds_segmentation_and_detection_at_1_and_100_percent(tmp_path) -> None:
+    from launch.ablation import ablation_settings
+
+    base = ["--manifest", "m.json", "--annotations", str(tmp_path / "tree" / "a.json"), "--out", str(tmp_path),
+            "--steps", "7"]
+    on, off = parse_args(base), parse_args([*base, "--no-transfer"])
+    assert on.transfer and not off.transfer and ablation_settings(on) != ablation_settings(off)
+    command = eval_command(on, "sista")
+    assert "dense.fractions=[0.01, 1.0]" in command and f"dense.split_dir={tmp_path / 'splits'}" in command
+    assert f"data.siim.root={tmp_path / 'tree' / 'downstream' / 'siim'}" in command
+    assert any(c.startswith("tasks=") and "segmentation" in c and "detection" in c for c in command)
+    assert not any(c.startswith(("tasks=", "dense.")) for c in eval_command(off, "sista"))
+
+    tasks = {"segmentation": {"datasets": {"siim": {"fractions": {"1pct": {"dice": 0.25}, "100pct": {"dice": 0.5}}}}},
+             "detection": {"datasets": {"rsna": {"fractions": {"100pct": {"map": 0.125}}}}}}
+    table = ablation_table({"sista": {"tasks": tasks}}, steps=7, transfer=True).splitlines()
+    cells = dict(zip(*([c.strip() for c in line.strip("|").split("|")] for line in (table[0], table[2]))))
+    assert cells["Dice SIIM @ 1 %"] == "25.0" and cells["Dice SIIM @ 100 %"] == "50.0"
+    assert cells["mAP RSNA @ 100 %"] == "12.5" and cells["mAP Object-CXR @ 1 %"] == "n/a"
+    assert "Dice SIIM @ 1 %" not in ablation_table({"sista": {"tasks": tasks}}, steps=7)
