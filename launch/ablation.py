@@ -273,10 +273,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def ablation_args(out: Path, steps: int, nproc: int, overrides: list[str], transfer: bool) -> argparse.Namespace:
+def ablation_args(
+    out: Path, steps: int, nproc: int, overrides: list[str], *, untrained: bool, transfer: bool
+) -> argparse.Namespace:
     """The arguments of :func:`run_ablation` for a caller that is not the command line (the demo)."""
+    rows = ROWS if untrained else PRESETS
     return parse_args(["--out", str(out), "--steps", str(steps), "--nproc", str(nproc), "--replace-stale",
-                       "--transfer" if transfer else "--no-transfer", *overrides])
+                       "--transfer" if transfer else "--no-transfer", *overrides, "--presets", *rows])
 
 
 def main(argv: list[str] | None = None) -> int:

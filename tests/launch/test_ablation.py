@@ -99,3 +99,12 @@ def test_transfer_switch_adds_segmentation_and_detection_at_1_and_100_percent(tm
     assert cells["Dice SIIM @ 1 %"] == "25.0" and cells["Dice SIIM @ 100 %"] == "50.0"
     assert cells["mAP RSNA @ 100 %"] == "12.5" and cells["mAP Object-CXR @ 1 %"] == "n/a"
     assert "Dice SIIM @ 1 %" not in ablation_table({"sista": {"tasks": tasks}}, steps=7)
+
+
+def test_demo_arguments_leave_out_what_does_not_fit(tmp_path) -> None:
+    from launch.ablation import ablation_args
+
+    fast = ablation_args(tmp_path, 5, 2, ["model.embed_dim=16"], untrained=False, transfer=False)
+    assert fast.presets == list(PRESETS) and not fast.transfer and fast.overrides == ["model.embed_dim=16"]
+    full = ablation_args(tmp_path, 5, 2, [], untrained=True, transfer=True)
+    assert full.presets == list(ROWS) and full.transfer
