@@ -55,6 +55,7 @@ class ChexpertDataConfig:
     frontal_only: bool
     valid_fraction: float
     root: Optional[str] = None
+    split_files: Optional[str] = None  # folder of committed split files (BenchX layout); None: seeded files
 
 
 @dataclass
@@ -65,6 +66,7 @@ class RsnaDataConfig:
     dense_split: Literal["fractions", "mgca"]  # segmentation/detection: these fractions or MGCA's fixed counts
     mgca_split_sizes: tuple[int, int]  # MGCA's RSNA validation / test sizes (the rest trains)
     root: Optional[str] = None
+    split_files: Optional[str] = None  # folder of committed split files (BenchX layout); None: seeded files
 
 
 @dataclass
@@ -91,6 +93,7 @@ class CovidxDataConfig:
     classes: list[str]
     valid_fraction: float
     root: Optional[str] = None
+    split_files: Optional[str] = None  # folder of committed split files (BenchX layout); None: seeded files
 
 
 @dataclass
@@ -130,17 +133,57 @@ class RetrievalConfig:
 
 
 @dataclass
+class MgcaProbeConfig:
+    """MGCA's linear probe: a linear layer trained with AdamW on the frozen encoder, early stopping on valid loss."""
+
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    batch_size: int
+    max_epochs: int
+    patience: int  # stop after this many epochs without a validation loss lower than the best by min_delta
+    min_delta: float
+    dropout: float  # before the linear layer
+    random_crop: bool  # train: random image_size crop of the resize_size image (else the eval centre crop)
+    hflip: float  # train: horizontal flip probability
+    jitter: float  # train: brightness and contrast factors drawn from [1 - jitter, 1 + jitter]
+
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": self.lr > 0, "weight_decay": self.weight_decay >= 0, "batch_size": self.batch_size >= 1,
+            "max_epochs": self.max_epochs >= 1, "patience": self.patience >= 1, "min_delta": self.min_delta >= 0,
+            "dropout": 0 <= self.dropout < 1, "hflip": 0 <= self.hflip <= 1, "jitter": 0 <= self.jitter < 1,
+            "betas": all(0 <= b < 1 for b in self.betas),
+        }
+        bad = [key for key, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"linear_probe.mgca: out of range: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+
+    @property
+    def augments(self) -> bool:
+        """Whether training images are augmented (else their features are computed once and cached)."""
+        return self.random_crop or self.hflip > 0 or self.jitter > 0
+
+
+@dataclass
 class LinearProbeConfig:
-    """Logistic regression on frozen image features at several label fractions."""
+    """A linear classifier on frozen image features at several label fractions (two protocols)."""
 
     datasets: list[Literal["shards", "chexpert", "rsna", "covidx"]]
     fractions: list[float]
     seed: int
     min_train: int  # at least this many training images at small fractions of a small set
-    weight_decays: list[float]  # L2 strengths tried; the best on the validation split is kept
-    max_iter: int  # L-BFGS iterations
+    protocol: Literal["clip", "mgca"]  # clip: L-BFGS on cached features, L2 picked on valid; mgca: see mgca
+    weight_decays: list[float]  # clip: L2 strengths tried; the best on the validation split is kept
+    max_iter: int  # clip: L-BFGS iterations
+    mgca: MgcaProbeConfig
     feature: Literal["backbone", "projected"]  # the trunk's pooled feature or the SIA embedding
     split_dir: str  # split files: written on first use, reused afterwards
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.fractions if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"linear_probe.fractions must be in (0, 1], got {bad}")
 
 
 @dataclass

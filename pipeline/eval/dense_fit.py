@@ -28,7 +28,7 @@ from pipeline.eval.adapters import DenseImages, load_object_cxr, load_rsna_boxes
 from pipeline.eval.config import DenseTrainConfig
 from pipeline.eval.context import EvalContext, resolve_path
 from pipeline.eval.dense_heads import encoder_maps
-from pipeline.eval.linear_probe import _split_folder, fraction_ids, partition_ids, read_or_write_ids
+from pipeline.eval.splits import fraction_ids, partition_ids, read_or_write_ids, split_folder
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _written(folder, split: str, ids: list[str], pool: DenseImages) -> DenseImag
 
 def _three_way(name: str, pool: DenseImages, parts: list[list[str]], root) -> DenseSplits:
     """Train / valid / test of one labelled pool from its partition (split files written once)."""
-    folder = _split_folder(root, f"{name}-dense", pool)
+    folder = split_folder(root, f"{name}-dense", pool)
     sets = [_written(folder, split, part, pool) for split, part in zip(("train", "valid", "test"), parts)]
     return DenseSplits(name, *sets, folder)
 
@@ -93,7 +93,7 @@ def load_dense_splits(ctx: EvalContext, name: str) -> DenseSplits:
         pool = load_object_cxr(base, "train")
         train, valid = partition_ids(pool.ids, [1 - data.object_cxr.valid_fraction, data.object_cxr.valid_fraction],
                                      dense.seed)  # fmt: skip
-        folder = _split_folder(root, "object_cxr-dense", pool)
+        folder = split_folder(root, "object_cxr-dense", pool)
         return DenseSplits(name, _written(folder, "train", train, pool), _written(folder, "valid", valid, pool),
                            load_object_cxr(base, "dev"), folder)  # fmt: skip
     raise ValueError(f"unknown segmentation/detection data set {name!r}")

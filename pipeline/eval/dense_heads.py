@@ -37,7 +37,8 @@ def map_channels(encoder: ImageEncoder) -> list[int]:
     """Channels of each map :func:`encoder_maps` returns."""
     if is_vit(encoder):
         return [encoder.num_features]
-    return [int(info["num_chs"]) for info in encoder.trunk.feature_info]
+    info = encoder.trunk.feature_info  # a FeatureInfo for features_only trunks, else timm's list of dicts
+    return [int(c) for c in (info.channels() if hasattr(info, "channels") else (i["num_chs"] for i in info))]
 
 
 class SetrDecoder(nn.Module):

@@ -38,6 +38,18 @@ def image_batches(
     yield from tqdm(loader, desc=desc, unit="batch", disable=None, leave=False)
 
 
+FEATURE_KINDS = ("global", "backbone")
+
+
+def image_feature(model: torch.nn.Module, images: torch.Tensor, which: str) -> torch.Tensor:
+    """``[b, D]`` projected, L2-normalised embedding (``global``) or ``[b, F]`` trunk pooled feature (``backbone``)."""
+    if which == "global":
+        return model.encode_image(images).global_emb
+    if which == "backbone":
+        return model.image_encoder(images)[0]
+    raise ValueError(f"which must be one of {FEATURE_KINDS}, got {which!r}")
+
+
 @torch.inference_mode()
 def embed_images(
     model: torch.nn.Module,
@@ -56,16 +68,11 @@ def embed_images(
     retrieval); ``which="backbone"``: the trunk's pooled feature before the projection head
     ``[n, F]`` (the usual linear-probe input).
     """
-    if which not in ("global", "backbone"):
-        raise ValueError(f"which must be 'global' or 'backbone', got {which!r}")
+    if which not in FEATURE_KINDS:
+        raise ValueError(f"which must be one of {FEATURE_KINDS}, got {which!r}")
     model.eval()
-    rows = []
-    for images in image_batches(loaders, transform, batch_size, num_workers, desc):
-        images = images.to(device)
-        if which == "global":
-            rows.append(model.encode_image(images).global_emb.float().cpu())
-        else:
-            rows.append(model.image_encoder(images)[0].float().cpu())
+    rows = [image_feature(model, images.to(device), which).float().cpu()
+            for images in image_batches(loaders, transform, batch_size, num_workers, desc)]
     return torch.cat(rows).numpy()
 
 

@@ -1,69 +1,50 @@
-"""Linear probe on frozen features: label fractions with fixed seeds, split files written once and reused.
+"""Linear probe on a frozen image encoder: label fractions with fixed seeds, split files written once and reused.
 
-The classifier is logistic regression in torch on cached, standardised features (full-batch
-L-BFGS): sigmoid + BCE per label for multi-label data (CheXpert-style), one sigmoid for binary
-data (RSNA), softmax + cross-entropy for multi-class data (COVIDx). The L2 strength is picked
-on the validation split; the metric is reported on the test split only.
+Two protocols (``linear_probe.protocol``), one classifier each: sigmoid + BCE per label for
+multi-label data (CheXpert-style), one sigmoid for binary data (RSNA), softmax + cross-entropy for
+multi-class data (COVIDx). The metric is reported on the test split only.
+
+- ``clip`` (default, fast; CLIP / CheXzero): logistic regression in torch on cached, standardised
+  features (full-batch L-BFGS); the L2 strength is picked on the validation split.
+- ``mgca`` (MGCA / G2D): a linear layer trained by AdamW on augmented images through the frozen
+  encoder, early stopping on the validation loss (:mod:`pipeline.eval.probe_training`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.eval import metrics
 from pipeline.eval.adapters import LabelledImages, load_chexpert, load_covidx, load_rsna
 from pipeline.eval.adapters.base import Task
 from pipeline.eval.context import EvalContext, TaskResult, fmt, resolve_path
-
-# --------------------------------------------------------------------------- split files
-
-
-def read_or_write_ids(path: Path, make: callable, known: Sequence[str]) -> list[str]:
-    """The ids listed in ``path``; when it does not exist, ``make()`` them and write the file first.
-
-    A reused file must only name known ids (it belongs to this data set).
-    """
-    path = Path(path)
-    if path.is_file():
-        ids = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
-        unknown = set(ids) - set(known)
-        if unknown:
-            raise ValueError(f"{path}: {len(unknown)} ids not in the data set (e.g. {sorted(unknown)[:3]})")
-        return ids
-    ids = list(make())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
-    tmp.replace(path)
-    return ids
-
-
-def fraction_ids(ids: Sequence[str], fraction: float, seed: int, minimum: int) -> list[str]:
-    """A seeded random subset: ``max(round(fraction * n), minimum)`` ids (all of them at 1.0), in data-set order."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
-    count = len(ids) if fraction == 1 else min(len(ids), max(round(fraction * len(ids)), minimum))
-    chosen = np.sort(np.random.default_rng(seed).permutation(len(ids))[:count])
-    return [ids[i] for i in chosen]
-
-
-def partition_ids(ids: Sequence[str], fractions: Sequence[float], seed: int) -> list[list[str]]:
-    """Split ids into consecutive parts of a seeded permutation with the given fractions (the last takes the rest)."""
-    order = np.random.default_rng(seed).permutation(len(ids))
-    bounds = np.floor(np.cumsum(fractions)[:-1] * len(ids)).astype(int)
-    return [[ids[i] for i in np.sort(part)] for part in np.split(order, bounds)]
-
+from pipeline.eval.features import image_feature
+from pipeline.eval.probe_training import (
+    augmented_batches,
+    cached_batches,
+    probe_loss,
+    probe_targets,
+    train_head,
+)
+from pipeline.eval.splits import (
+    by_ids,
+    concat,
+    fraction_split,
+    fraction_tag,
+    partition_ids,
+    read_committed_splits,
+    read_or_write_ids,
+    split_folder,
+)
 
 # --------------------------------------------------------------------------- classifier
 
@@ -86,14 +67,6 @@ class LinearClassifier:
         return probs.numpy()
 
 
-def _loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, task: Task) -> torch.Tensor:
-    """Mean cross-entropy of the task; unknown (NaN) multi-label targets are left out."""
-    if task == "multiclass":
-        return F.cross_entropy(logits, targets.long())
-    per = F.binary_cross_entropy_with_logits(logits, torch.where(known, targets, 0.0), reduction="none")
-    return (per * known).sum() / known.sum().clamp(min=1)
-
-
 def fit_linear(
     features: np.ndarray, targets: np.ndarray, task: Task, num_classes: int, weight_decay: float, max_iter: int
 ) -> LinearClassifier:
@@ -101,21 +74,15 @@ def fit_linear(
     x = torch.from_numpy(features).double()
     mean, std = x.mean(0), x.std(0, unbiased=False).clamp(min=1e-6)
     x = (x - mean) / std
-    if task == "multiclass":
-        y = torch.from_numpy(np.asarray(targets)).long()
-        known = torch.ones(len(y), 1, dtype=torch.bool)
-        outputs = num_classes
-    else:
-        y = torch.from_numpy(np.asarray(targets, dtype=np.float64))
-        known = ~torch.isnan(y)
-        outputs = y.shape[1]
+    y, known = probe_targets(targets, task)
+    outputs = num_classes if task == "multiclass" else y.shape[1]
     weight = torch.zeros(x.shape[1], outputs, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(outputs, dtype=torch.float64, requires_grad=True)
     optimiser = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
-        loss = _loss(x @ weight + bias, y, known, task) + 0.5 * weight_decay * weight.pow(2).sum()
+        loss = probe_loss(x @ weight + bias, y, known, task) + 0.5 * weight_decay * weight.pow(2).sum()
         loss.backward()
         return loss
 
@@ -169,32 +136,41 @@ class ProbeData:
     train: LabelledImages
     valid: LabelledImages
     test: LabelledImages
-    split_dir: Path
-
-
-def _split_folder(root: Path, name: str, pool: LabelledImages) -> Path:
-    """``root/<name>-<hash of the pool's ids>``: split files are reused only for the very same pool."""
-    digest = hashlib.sha1("\n".join(pool.ids).encode("utf-8")).hexdigest()[:10]
-    return root / f"{name}-{digest}"
-
-
-def _by_ids(data: LabelledImages, ids: Sequence[str]) -> LabelledImages:
-    """The samples of ``data`` named by ``ids``."""
-    position = {sample_id: i for i, sample_id in enumerate(data.ids)}
-    return data.subset([position[i] for i in ids])
+    split_dir: Path  # seeded split files (written once, reused)
+    committed: Path | None = None  # the data set's committed split files, when it ships them
 
 
 def _carve_valid(name: str, pool: LabelledImages, fraction: float, root: Path, seed: int) -> ProbeData:
     """Split a labelled pool into train / valid with split files (the test set comes separately)."""
-    folder = _split_folder(root, name, pool)
+    folder = split_folder(root, name, pool)
     parts = partition_ids(pool.ids, [1 - fraction, fraction], seed)
     train = read_or_write_ids(folder / "train.txt", lambda: parts[0], pool.ids)
     valid = read_or_write_ids(folder / "valid.txt", lambda: parts[1], pool.ids)
-    return ProbeData(name, _by_ids(pool, train), _by_ids(pool, valid), pool, folder)
+    return ProbeData(name, by_ids(pool, train), by_ids(pool, valid), pool, folder)
+
+
+def _seeded_rsna(pool: LabelledImages, fractions: Sequence[float], root: Path, seed: int) -> ProbeData:
+    """RSNA's labelled pool split into train / valid / test by seeded split files."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"data.rsna.split_fractions must be three fractions summing to 1, got {fractions}")
+    folder = split_folder(root, "rsna", pool)
+    parts = partition_ids(pool.ids, fractions, seed)
+    sets = [
+        by_ids(pool, read_or_write_ids(folder / f"{split}.txt", lambda part=part: part, pool.ids))
+        for split, part in zip(("train", "valid", "test"), parts)
+    ]
+    return ProbeData("rsna", *sets, folder)
+
+
+def _with_committed(name: str, pool: LabelledImages, folder: str, root: Path) -> ProbeData:
+    """Train / valid / test from a data set's committed split files over every image its adapter reads."""
+    committed = resolve_path(folder, f"data.{name}.split_files")
+    train, valid, test = (by_ids(pool, ids) for ids in read_committed_splits(committed, pool.ids))
+    return ProbeData(name, train, valid, test, split_folder(root, name, train), committed)
 
 
 def load_probe_data(ctx: EvalContext, name: str) -> ProbeData:
-    """Train / valid / test of one probe data set, from its adapter and the (written or reused) split files."""
+    """Train / valid / test of one probe data set, from its adapter and its committed or seeded split files."""
     data_cfg, probe = ctx.cfg.data, ctx.cfg.linear_probe
     root = resolve_path(probe.split_dir, "linear_probe.split_dir")
     if name == "shards":
@@ -203,77 +179,115 @@ def load_probe_data(ctx: EvalContext, name: str) -> ProbeData:
         columns = [splits[0].label_names.index(n) for n in shards.labels]
         # copies: the cached splits keep all labels for the other tasks
         splits = [dataclasses.replace(p, labels=p.labels[:, columns], label_names=list(shards.labels)) for p in splits]
-        return ProbeData(name, *splits, _split_folder(root, name, splits[0]))
+        return ProbeData(name, *splits, split_folder(root, name, splits[0]))
     if name == "chexpert":
         c = data_cfg.chexpert
         chexpert_root = resolve_path(c.root, "data.chexpert.root")
         pool = load_chexpert(chexpert_root, "train", c.labels, c.uncertain, c.frontal_only)
-        out = _carve_valid(name, pool, c.valid_fraction, root, probe.seed)
-        out.test = load_chexpert(chexpert_root, "valid", c.labels, c.uncertain, c.frontal_only)
-        return out
+        test = load_chexpert(chexpert_root, "valid", c.labels, c.uncertain, c.frontal_only)
+        if c.split_files is not None:
+            return _with_committed(name, concat([pool, test], name), c.split_files, root)
+        return dataclasses.replace(_carve_valid(name, pool, c.valid_fraction, root, probe.seed), test=test)
     if name == "covidx":
         c = data_cfg.covidx
         covidx_root = resolve_path(c.root, "data.covidx.root")
-        out = _carve_valid(name, load_covidx(covidx_root, "train", c.classes), c.valid_fraction, root, probe.seed)
-        out.test = load_covidx(covidx_root, "test", c.classes)
-        return out
+        pool, test = (load_covidx(covidx_root, split, c.classes) for split in ("train", "test"))
+        if c.split_files is not None:
+            return _with_committed(name, concat([pool, test], name), c.split_files, root)
+        return dataclasses.replace(_carve_valid(name, pool, c.valid_fraction, root, probe.seed), test=test)
     if name == "rsna":
-        fractions = data_cfg.rsna.split_fractions
-        if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
-            raise ValueError(f"data.rsna.split_fractions must be three fractions summing to 1, got {fractions}")
         pool = load_rsna(resolve_path(data_cfg.rsna.root, "data.rsna.root"), ctx.dicom_window())
-        folder = _split_folder(root, name, pool)
-        parts = partition_ids(pool.ids, fractions, probe.seed)
-        sets = [
-            _by_ids(pool, read_or_write_ids(folder / f"{split}.txt", lambda part=part: part, pool.ids))
-            for split, part in zip(("train", "valid", "test"), parts)
-        ]
-        return ProbeData(name, *sets, folder)
+        if data_cfg.rsna.split_files is not None:
+            return _with_committed(name, pool, data_cfg.rsna.split_files, root)
+        return _seeded_rsna(pool, data_cfg.rsna.split_fractions, root, probe.seed)
     raise ValueError(f"linear_probe.datasets: unknown data set {name!r}")
 
 
 def _features(ctx: EvalContext, data: LabelledImages) -> np.ndarray:
-    """The configured frozen feature of every image."""
-    return ctx.image_features(data, "backbone" if ctx.cfg.linear_probe.feature == "backbone" else "global")
+    """The configured frozen feature of every image (eval transform, cached for the run)."""
+    return ctx.image_features(data, _feature_kind(ctx))
+
+
+def _feature_kind(ctx: EvalContext) -> str:
+    """``backbone`` (trunk pooled) or ``global`` (the projected SIA embedding) for ``linear_probe.feature``."""
+    return "backbone" if ctx.cfg.linear_probe.feature == "backbone" else "global"
+
+
+@dataclass
+class ProbeFit:
+    """One protocol's result on one label fraction: test-set probabilities and what it chose on valid."""
+
+    test_scores: np.ndarray
+    valid_value: float  # the metric on the validation split
+    details: dict  # protocol-specific, written to metrics.json
+
+
+def _fit_clip(ctx: EvalContext, data: ProbeData, train: LabelledImages) -> ProbeFit:
+    """L-BFGS logistic regression on cached features, one per L2 strength; the best on valid is kept."""
+    probe, task = ctx.cfg.linear_probe, data.train.task
+    clf, valid_value, tried = select_and_fit(
+        (_features(ctx, train), train.labels), (_features(ctx, data.valid), data.valid.labels),
+        task, len(data.train.label_names), probe.weight_decays, probe.max_iter,
+    )
+    return ProbeFit(clf.scores(_features(ctx, data.test)), valid_value,
+                    {"weight_decay_tried": {str(k): v for k, v in tried.items()}})
+
+
+def _fit_mgca(ctx: EvalContext, data: ProbeData, train: LabelledImages) -> ProbeFit:
+    """MGCA's protocol: AdamW on a linear layer over the frozen encoder, early stopping on the validation loss."""
+    probe, task = ctx.cfg.linear_probe, data.train.task
+    mgca = probe.mgca
+    if mgca.augments:
+        which = _feature_kind(ctx)
+        ctx.model.eval()  # frozen: batch norm statistics and dropout stay as exported
+        batches = augmented_batches(lambda x: image_feature(ctx.model, x, which), train.loaders, train.ids,
+                                    ctx.transform, mgca, seed=probe.seed, num_workers=ctx.cfg.num_workers,
+                                    device=ctx.device)
+    else:
+        batches = cached_batches(_features(ctx, train), mgca, probe.seed)
+    outputs = len(data.train.label_names) if task == "multiclass" else train.labels.shape[1]
+    valid_x = _features(ctx, data.valid)
+    fit = train_head(batches, train.labels, (valid_x, data.valid.labels), task, outputs, mgca, probe.seed)
+    valid_value = float(weighted_probe_metric(fit.scores(valid_x), data.valid.labels, task)[0])
+    return ProbeFit(fit.scores(_features(ctx, data.test)), valid_value, {
+        "epochs": fit.epochs, "best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early,
+        "valid_loss": fit.valid_losses[fit.best_epoch], "augmented": mgca.augments,
+    })
+
+
+PROTOCOLS: dict[str, Callable[[EvalContext, ProbeData, LabelledImages], ProbeFit]] = {
+    "clip": _fit_clip, "mgca": _fit_mgca,
+}
 
 
 def run_linear_probe(ctx: EvalContext) -> TaskResult:
-    """For each data set and label fraction: fit on the fraction, pick L2 on valid, score the test split."""
+    """For each data set and label fraction: fit on the fraction (choices made on valid), score the test split."""
     probe, boot = ctx.cfg.linear_probe, ctx.cfg.bootstrap
-    result: dict = {"feature": probe.feature, "datasets": {}}
+    result: dict = {"feature": probe.feature, "protocol": probe.protocol, "datasets": {}}
     table = []
     for name in probe.datasets:
         data = load_probe_data(ctx, name)
-        task, classes = data.train.task, len(data.train.label_names)
-        train_x, valid_x, test_x = (_features(ctx, part) for part in (data.train, data.valid, data.test))
-        position = {sample_id: i for i, sample_id in enumerate(data.train.ids)}
+        task = data.train.task
         metric = probe_metric_name(task)
         entry = {"metric": metric, "task": task, "labels": data.train.label_names, "split_dir": str(data.split_dir),
+                 "committed_splits": None if data.committed is None else str(data.committed),
                  "num_valid": len(data.valid), "num_test": len(data.test), "fractions": {}}
         for fraction in probe.fractions:
-            tag = f"{fraction * 100:g}pct"
-            ids = read_or_write_ids(
-                data.split_dir / f"train_{tag}_seed{probe.seed}.txt",
-                lambda pool=data.train.ids, f=fraction: fraction_ids(pool, f, probe.seed, probe.min_train),
-                data.train.ids,
-            )
-            rows = np.asarray([position[i] for i in ids])
+            tag = fraction_tag(fraction)
+            ids, split_file = fraction_split(data.train.ids, fraction, seed=probe.seed, minimum=probe.min_train,
+                                             split_dir=data.split_dir, committed=data.committed)
             started = time.perf_counter()
-            clf, valid_value, tried = select_and_fit(
-                (train_x[rows], data.train.labels[rows]), (valid_x, data.valid.labels),
-                task, classes, probe.weight_decays, probe.max_iter,
-            )
-            scores = clf.scores(test_x)
-            value = float(weighted_probe_metric(scores, data.test.labels, task)[0])
+            fit = PROTOCOLS[probe.protocol](ctx, data, by_ids(data.train, ids))
+            value = float(weighted_probe_metric(fit.test_scores, data.test.labels, task)[0])
             low, high = metrics.bootstrap_ci(
-                lambda w, s=scores, y=data.test.labels, t=task: weighted_probe_metric(s, y, t, w),
+                lambda w, s=fit.test_scores, y=data.test.labels, t=task: weighted_probe_metric(s, y, t, w),
                 len(data.test), n_boot=boot.n_boot, seed=boot.seed, level=boot.level,
             )
             entry["fractions"][tag] = {
-                metric: value, "ci": [float(low), float(high)], "num_train": len(ids),
-                "valid_" + metric: valid_value, "weight_decay_tried": {str(k): v for k, v in tried.items()},
-                "fit_seconds": time.perf_counter() - started,
+                metric: value, "ci": [float(low), float(high)], "num_train": len(ids), "split_file": str(split_file),
+                "valid_" + metric: fit.valid_value, **fit.details, "fit_seconds": time.perf_counter() - started,
             }
-            table.append((f"{name} {metric} @ {tag} labels (n={len(ids)})", *fmt(value, [float(low), float(high)])))
+            table.append((f"{name} {metric} @ {tag} labels (n={len(ids)}, {probe.protocol} protocol)",
+                          *fmt(value, [float(low), float(high)])))
         result["datasets"][name] = entry
     return TaskResult("linear_probe", result, table)

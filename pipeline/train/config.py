@@ -42,7 +42,11 @@ class ScheduleConfig:
     epochs: int
     warmup_steps: int
     min_lr_ratio: float
-    max_steps: Optional[int] = None  # stop (and end the schedule) after this many steps
+    max_steps: Optional[int] = None  # stop (and end the schedule) after this many steps; 0: export the initial model
+
+    def __post_init__(self) -> None:
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError(f"schedule.max_steps must be >= 0 or null, got {self.max_steps}")
 
     def __post_init__(self) -> None:
         require([

@@ -116,7 +116,8 @@ def build_run(cfg: PretrainConfig) -> TrainRun:
     samples = cfg.data.epoch_samples or shards.num_samples
     steps_per_epoch = micro_batches_per_epoch(samples, cfg.data.batch_size, env.world_size, accum) // accum
     total = steps_per_epoch * cfg.schedule.epochs
-    total_steps = min(total, cfg.schedule.max_steps) if cfg.schedule.max_steps else total
+    # max_steps=0: no step; the seeded initial model is checkpointed and exported (the ablation's untrained row)
+    total_steps = total if cfg.schedule.max_steps is None else min(total, cfg.schedule.max_steps)
 
     loss = build_objective(cfg.loss, LossContext(report_pooling=_report_pooling(cfg), text_pooling=cfg.model.text.pooling))
     check_data_fits(cfg, shards, loss)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from launch.ablation import PRESETS, ablation_table, eval_command, parse_args, train_command
+from launch.ablation import PRESETS, ROWS, UNTRAINED, ablation_table, eval_command, parse_args, train_command
 
 
 def test_presets_differ_only_in_the_loss_preset(tmp_path) -> None:
@@ -17,6 +17,18 @@ def test_presets_differ_only_in_the_loss_preset(tmp_path) -> None:
     evaluation = eval_command(args, "sista")
     assert any(c.endswith("configs/eval/phantom_all.yaml") for c in evaluation)
     assert f"checkpoint={tmp_path / 'sista' / 'export'}" in evaluation
+
+
+def test_untrained_row_is_the_first_presets_command_without_a_step(tmp_path) -> None:
+    args = parse_args(["--manifest", "m.json", "--annotations", "a.json", "--out", str(tmp_path), "--steps", "7"])
+    assert args.presets == list(ROWS) and ROWS[0] == UNTRAINED  # on by default, first in the table
+    untrained, first = train_command(args, UNTRAINED), train_command(args, PRESETS[0])
+    assert "schedule.max_steps=0" in untrained and f"run.name={UNTRAINED}" in untrained
+    assert [c.replace("max_steps=0", "max_steps=7").replace(f"name={UNTRAINED}", f"name={PRESETS[0]}")
+            for c in untrained] == first
+    assert f"checkpoint={tmp_path / UNTRAINED / 'export'}" in eval_command(args, UNTRAINED)
+    table = ablation_table({UNTRAINED: {"tasks": {}}, "clip": {"tasks": {}}}, steps=7).splitlines()
+    assert table[2].startswith("| untrained (0 steps") and table[3].startswith("| clip |")
 
 
 def test_table_has_one_row_per_preset_and_says_phantom() -> None:
@@ -65,3 +77,34 @@ def test_an_edited_base_config_makes_runs_stale(tmp_path) -> None:
     before = ablation_settings(parse_args(argv))
     (tmp_path / "base.yaml").write_text("optim:\n  lr: 0.002\n")
     assert ablation_settings(parse_args(argv)) != before
+
+
+def test_transfer_switch_adds_segmentation_and_detection_at_1_and_100_percent(tmp_path) -> None:
+    from launch.ablation import ablation_settings
+
+    base = ["--manifest", "m.json", "--annotations", str(tmp_path / "tree" / "a.json"), "--out", str(tmp_path),
+            "--steps", "7"]
+    on, off = parse_args(base), parse_args([*base, "--no-transfer"])
+    assert on.transfer and not off.transfer and ablation_settings(on) != ablation_settings(off)
+    command = eval_command(on, "sista")
+    assert "dense.fractions=[0.01, 1.0]" in command and f"dense.split_dir={tmp_path / 'splits'}" in command
+    assert f"data.siim.root={tmp_path / 'tree' / 'downstream' / 'siim'}" in command
+    assert any(c.startswith("tasks=") and "segmentation" in c and "detection" in c for c in command)
+    assert not any(c.startswith(("tasks=", "dense.")) for c in eval_command(off, "sista"))
+
+    tasks = {"segmentation": {"datasets": {"siim": {"fractions": {"1pct": {"dice": 0.25}, "100pct": {"dice": 0.5}}}}},
+             "detection": {"datasets": {"rsna": {"fractions": {"100pct": {"map": 0.125}}}}}}
+    table = ablation_table({"sista": {"tasks": tasks}}, steps=7, transfer=True).splitlines()
+    cells = dict(zip(*([c.strip() for c in line.strip("|").split("|")] for line in (table[0], table[2]))))
+    assert cells["Dice SIIM @ 1 %"] == "25.0" and cells["Dice SIIM @ 100 %"] == "50.0"
+    assert cells["mAP RSNA @ 100 %"] == "12.5" and cells["mAP Object-CXR @ 1 %"] == "n/a"
+    assert "Dice SIIM @ 1 %" not in ablation_table({"sista": {"tasks": tasks}}, steps=7)
+
+
+def test_demo_arguments_leave_out_what_does_not_fit(tmp_path) -> None:
+    from launch.ablation import ablation_args
+
+    fast = ablation_args(tmp_path, 5, 2, ["model.embed_dim=16"], untrained=False, transfer=False)
+    assert fast.presets == list(PRESETS) and not fast.transfer and fast.overrides == ["model.embed_dim=16"]
+    full = ablation_args(tmp_path, 5, 2, [], untrained=True, transfer=True)
+    assert full.presets == list(ROWS) and full.transfer

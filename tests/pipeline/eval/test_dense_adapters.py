@@ -13,7 +13,7 @@ from test_eval_adapters import WINDOW, _gradient, _write_dicom
 from data_prep.phantom.dense_sets import SIIM_POSITIVE, object_case, siim_case
 from pipeline.eval.adapters import DenseImages, load_object_cxr, load_rsna_boxes, load_siim, parse_annotation
 from pipeline.eval.dense_fit import balanced_ids, prepare
-from pipeline.eval.linear_probe import fraction_ids, partition_ids
+from pipeline.eval.splits import fraction_ids, partition_ids
 from pipeline.shard_format.kaggle_rle import decode_kaggle_rle, encode_kaggle_rle, parse_kaggle_rle
 
 # --------------------------------------------------------------------------- Kaggle RLE

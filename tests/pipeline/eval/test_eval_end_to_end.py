@@ -208,3 +208,17 @@ def test_segmenter_on_the_trained_encoder_beats_the_random_init_one(eval_phantom
         assert (out / "figures" / "segmentation_rsna.png").stat().st_size > 5_000
         assert "rsna Dice @ 100pct labels" in paths["table"].read_text()
     assert dice["trained"] > dice["random"] + 0.1, dice
+
+
+def test_mgca_protocol_through_the_entry_point(eval_phantoms, exports, tmp_path: Path) -> None:
+    """MGCA's probe (AdamW on augmented images through the frozen encoder): the trained encoder beats chance."""
+    overrides = ("tasks=[linear_probe]", "tracking.enabled=false", "linear_probe.protocol=mgca",
+                 "linear_probe.fractions=[1.0]", "linear_probe.mgca.max_epochs=8", "linear_probe.mgca.lr=0.01")
+    trained, paths = evaluate(eval_config(eval_phantoms, exports["trained"], tmp_path / "trained", *overrides))
+    random, _ = evaluate(eval_config(eval_phantoms, exports["random"], tmp_path / "random", *overrides))
+    got = trained[0].metrics["datasets"]["shards"]["fractions"]["100pct"]
+    base = random[0].metrics["datasets"]["shards"]["fractions"]["100pct"]
+    assert trained[0].metrics["protocol"] == "mgca" and got["augmented"] and 1 <= got["epochs"] <= 8
+    assert got["auroc"] > 0.6 and got["ci"][0] > 0.5, got
+    assert got["auroc"] > base["auroc"], (got, base)
+    assert "mgca protocol" in paths["table"].read_text()

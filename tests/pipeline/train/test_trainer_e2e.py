@@ -7,7 +7,17 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from train_helpers import finish, kill_all, spawn_ranks, step_losses, tiny_overrides, torchrun, wait_for_step
+import torch
+from train_helpers import (
+    TINY,
+    finish,
+    kill_all,
+    spawn_ranks,
+    step_losses,
+    tiny_overrides,
+    torchrun,
+    wait_for_step,
+)
 
 
 def _complete_tags(run_dir: Path) -> list[str]:
@@ -120,3 +130,23 @@ def test_exact_resume_after_sigkill(train_manifest, tmp_path):
         assert len(db.execute("select run_uuid from runs").fetchall()) == 1
     saved = json.loads((cut_dir / "checkpoints" / f"step{steps:09d}" / "trainer_rank00000.json").read_text())
     assert saved["state"]["mlflow_run_id"] is not None
+
+
+def test_zero_steps_exports_the_seeded_initial_model(train_manifest, tmp_path):
+    """schedule.max_steps=0 (the ablation's untrained row): no step runs, the initial model is exported."""
+    from pipeline.config import load_config
+    from pipeline.models import build_model, build_tokenizer, load_exported
+    from pipeline.train.config import PretrainConfig
+    from pipeline.train.sources import resolve_model_sources
+
+    run_dir = tmp_path / "untrained"
+    over = tiny_overrides(train_manifest, run_dir, schedule__max_steps=0, checkpoint__export_at_end=True)
+    result = torchrun(over, nproc=1)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert not (run_dir / "steps.jsonl").is_file() or not (run_dir / "steps.jsonl").read_text().strip()
+    exported = load_exported(run_dir / "export")
+    cfg = resolve_model_sources(load_config(PretrainConfig, TINY, over))
+    torch.manual_seed(cfg.run.seed)  # the trainer's seeding before it builds the model
+    fresh = build_model(cfg.model, build_tokenizer(cfg.model))
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, exported.state_dict()[name]), name
