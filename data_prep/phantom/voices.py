@@ -196,7 +196,7 @@ def voiced_case(
         forbidden = frozenset().union(*(CONFLICTS[f.kind] for f in findings))
         negations = _negations(rng, forbidden, int(rng.integers(1, 3)))
         body = negations + statements if voice.reversed_order else statements + negations
-        summary = [s for s in statements if s.labels.keys() - {"Support Devices"}]
+        summary = statements if voice.impression_only else [s for s in statements if s.labels.keys() - {"Support Devices"}]
     if voice.impression_only:
         return StudyCase(views, style, tuple(findings), None, tuple(summary))
     return StudyCase(views, style, tuple(findings), tuple(body), tuple(summary))
