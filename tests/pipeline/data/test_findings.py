@@ -43,3 +43,16 @@ def test_tfn_mask_on_a_hand_made_batch() -> None:
     for i, j in ((0, 1), (0, 4), (1, 4)):
         expected[i, j] = expected[j, i] = True
     assert torch.equal(mask, expected)
+
+
+def test_collator_joins_signatures_by_dicom_id(tmp_path: Path) -> None:
+    from pipeline.data.collate import Collator
+
+    path = tmp_path / "phantom_annotations.json"
+    path.write_text(json.dumps({"images": {"a": {"study_id": 1, "findings": [EFFUSION]},
+                                           "b": {"study_id": 2, "findings": []}}}), encoding="utf-8")  # fmt: skip
+    collator = Collator(tokenizer=None, max_length=8, findings_annotations=str(path))
+    assert collator.findings(["b", "a"]).tolist() == [signature_of([]), signature_of([EFFUSION])]
+    assert Collator(None, 8).findings(["a"]) is None
+    with pytest.raises(ValueError, match="'zz'"):
+        collator.findings(["a", "zz"])
