@@ -13,21 +13,32 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.mimic_metadata import CHEXPERT_LABELS
+from pipeline.shard_format import (
+    MANIFEST,
+    REPORT_EMBEDDING_MEMBER,
+    ImageInfo,
+    ReportEncoderInfo,
+    ShardManifest,
+    ShardRecord,
+    SplitEntry,
+    shard_path,
+    write_json_atomic,
+)
+
 WORDS = ("no acute cardiopulmonary process small left pleural effusion right lower lobe opacity heart size "
          "normal mild pulmonary edema atelectasis pneumothorax stable support devices lines tubes").split()
-LABELS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
-          "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
-          "Pneumothorax", "Support Devices"]
+LABELS = list(CHEXPERT_LABELS)  # the sharder's label order
 
 
-def _write_shard(args: tuple[Path, int, int, int, int, int]) -> dict:
+def _write_shard(args: tuple[Path, int, int, int, int, int]) -> ShardRecord:
     """Write one shard of ``count`` samples starting at ``start``."""
     import webdataset as wds
     from PIL import Image
 
     out, index, start, count, size, dim = args
     rng = np.random.default_rng(index)
-    rel = f"train/train-{index:06d}.tar"
+    rel = shard_path("train", index)
     with wds.TarWriter(str(out / rel)) as sink:
         for i in range(start, start + count):
             base = np.linspace(40, 200, size, dtype=np.float32)[None, :] + rng.normal(0, 20, (size, size))
@@ -42,8 +53,8 @@ def _write_shard(args: tuple[Path, int, int, int, int, int]) -> dict:
                     "labels": {"names": LABELS, "values": [float(v) for v in rng.integers(0, 2, 14)]},
                     "transform": {}, "original_size": [size, size]}
             sink.write({"__key__": f"syn{i:08d}", "png": buf.getvalue(), "txt": text,
-                        "json": json.dumps(meta).encode(), "report_emb.npy": emb_buf.getvalue()})
-    return {"path": rel, "num_samples": count, "bytes": (out / rel).stat().st_size, "sha256": ""}
+                        "json": json.dumps(meta).encode(), REPORT_EMBEDDING_MEMBER: emb_buf.getvalue()})
+    return ShardRecord(rel, count, (out / rel).stat().st_size)
 
 
 def write_synthetic_shards(out: Path, samples: int, shard_size: int, image_size: int, workers: int,
@@ -56,10 +67,10 @@ def write_synthetic_shards(out: Path, samples: int, shard_size: int, image_size:
             for i, s in enumerate(range(0, samples, shard_size))]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         entries = list(pool.map(_write_shard, jobs))
-    manifest = {"splits": {"train": {"num_samples": samples, "shards": entries}}, "label_names": LABELS,
-                "image": {"format": "png", "size": image_size},
-                "report_encoder": {"name": "synthetic", "dim": emb_dim, "pooling": "mean"}, "skipped": {}}
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    manifest = ShardManifest(splits={"train": SplitEntry(samples, tuple(entries))}, label_names=tuple(LABELS),
+                             image=ImageInfo("png", 8, image_size, "synthetic"),
+                             report_encoder=ReportEncoderInfo("synthetic", emb_dim, "mean"))
+    write_json_atomic(out / MANIFEST, manifest.to_json())
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS))]
     BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(out / "tokenizer")
-    return out / "manifest.json"
+    return out / MANIFEST

@@ -8,21 +8,7 @@ from typing import Literal, Optional
 
 from data_prep.mimic_metadata import OFFICIAL_SPLITS
 from data_prep.reports import SECTION_KEYS
-
-
-@dataclass
-class WindowConfig:
-    """Windowing when a DICOM has no usable VOI LUT / window (or ``use_file_voi`` is false)."""
-
-    use_file_voi: bool
-    percentile_low: float
-    percentile_high: float
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.percentile_low < self.percentile_high <= 100.0:
-            raise ValueError(
-                f"window percentiles must satisfy 0 <= low < high <= 100, got {self.percentile_low}, {self.percentile_high}"
-            )
+from pipeline.shard_format import WindowSettings
 
 
 @dataclass
@@ -42,7 +28,7 @@ class ShardConfig:
     text_sections: list[str]
     use_fallback: bool
     min_words: int
-    window: WindowConfig
+    window: WindowSettings  # the DICOM display window, recorded in the manifest (image.window)
     encoder_batch_size: int
     encoder_max_length: int
     resume: bool

@@ -12,17 +12,21 @@ import csv
 import io
 import json
 import logging
-import os
-import re
 from pathlib import Path
 from typing import Any
 
-from data_prep.shard_writer import STATE_DIR, write_json_atomic
+from pipeline.shard_format.atomic import write_json_atomic, write_text_atomic
+from pipeline.shard_format.layout import MANIFEST, SKIPPED_CSV, STATE_DIR, shard_index, shard_path
+from pipeline.shard_format.manifest import (
+    ImageInfo,
+    ReportEncoderInfo,
+    ShardManifest,
+    ShardRecord,
+    SplitEntry,
+)
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-SKIPPED_CSV = "skipped.csv"
 SKIPPED_COLUMNS = ("id", "split", "reason", "detail")
 
 
@@ -31,7 +35,7 @@ def part_name(task_index: int, num_tasks: int) -> str:
     return f"manifest.part-{task_index:05d}-of-{num_tasks:05d}.json"
 
 
-def assemble(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, str]]]:
+def assemble(parts: list[dict[str, Any]]) -> tuple[ShardManifest, list[dict[str, str]]]:
     """(manifest, skipped rows) from the parts of one run; ValueError when they do not fit together."""
     first = parts[0]
     plan: dict[str, int] = first["plan"]
@@ -40,39 +44,40 @@ def assemble(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str
             if part[key] != first[key]:
                 raise ValueError(f"partial manifests disagree on {key!r} (task {part['task_index']} vs {first['task_index']})")
     records = {r["path"]: r for part in parts for r in part["shards"]}
-    splits: dict[str, Any] = {}
+    splits: dict[str, SplitEntry] = {}
     skipped_rows = [dict(row) for row in first["listing"]["skipped"]]
     for split, num_shards in plan.items():
         shards = []
         for index in range(num_shards):
-            path = f"{split}/{split}-{index:06d}.tar"
+            path = shard_path(split, index)
             if path not in records:
                 raise ValueError(f"no task wrote shard {path}")
             record = records[path]
-            shards.append({k: record[k] for k in ("path", "num_samples", "bytes", "sha256")})
+            shards.append(ShardRecord(record["path"], record["num_samples"], record["bytes"], record["sha256"]))
             skipped_rows.extend({"id": s["id"], "split": split, "reason": s["reason"], "detail": s["detail"]}
                                 for s in record["skipped"])
-        splits[split] = {"num_samples": sum(s["num_samples"] for s in shards), "shards": shards}
+        splits[split] = SplitEntry(sum(s.num_samples for s in shards), tuple(shards))
     expected = {split: n for split, n in first["listing"]["candidates"].items()}
     for split, info in splits.items():
-        in_shards = info["num_samples"] + sum(1 for r in skipped_rows if r["split"] == split)
+        in_shards = info.num_samples + sum(1 for r in skipped_rows if r["split"] == split)
         if in_shards != expected[split]:
             raise ValueError(f"split {split}: {in_shards} samples + skips but {expected[split]} candidates")
     counts: dict[str, int] = {}
     for row in skipped_rows:
         counts[row["reason"]] = counts.get(row["reason"], 0) + 1
-    manifest = {
-        "splits": splits,
-        "label_names": first["label_names"],
-        "image": first["image"],
-        "report_encoder": first["report_encoder"],
-        "skipped": dict(sorted(counts.items())),
-        "filtered": first["listing"]["filtered"],
-        "candidates": expected,
-        "args": first["args"],
-        "versions": first["versions"],
-        "seconds": round(max(float(p["seconds"]) for p in parts), 3),
-    }
+    encoder = first["report_encoder"]
+    manifest = ShardManifest(
+        splits=splits,
+        label_names=tuple(first["label_names"]),
+        image=ImageInfo.from_json(first["image"], "partial manifest"),
+        report_encoder=None if encoder is None else ReportEncoderInfo.from_json(encoder, "partial manifest"),
+        skipped=dict(sorted(counts.items())),
+        filtered=first["listing"]["filtered"],
+        candidates=expected,
+        args=first["args"],
+        versions=first["versions"],
+        seconds=round(max(float(p["seconds"]) for p in parts), 3),
+    )
     return manifest, skipped_rows
 
 
@@ -83,9 +88,7 @@ def write_skipped_csv(path: Path, rows: list[dict[str, str]]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: row.get(k, "") for k in SKIPPED_COLUMNS})
-    tmp = path.with_name(path.name + f".tmp.{os.getpid()}")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, buf.getvalue())
 
 
 def remove_stale_shards(out_dir: Path, plan: dict[str, int]) -> None:
@@ -94,10 +97,9 @@ def remove_stale_shards(out_dir: Path, plan: dict[str, int]) -> None:
         split_dir = out_dir / split
         if not split_dir.is_dir():
             continue
-        pattern = re.compile(rf"^{re.escape(split)}-(\d{{6}})\.tar$")
         for path in sorted(split_dir.iterdir()):
-            match = pattern.match(path.name)
-            if match and int(match.group(1)) >= num_shards:
+            index = shard_index(split, path.name)
+            if index is not None and index >= num_shards:
                 log.warning("removing stale shard %s (not in this run's plan)", path)
                 path.unlink()
                 (out_dir / STATE_DIR / f"{split}__{path.name}.json").unlink(missing_ok=True)
@@ -108,8 +110,9 @@ def finish(out_dir: Path, parts: list[dict[str, Any]]) -> dict[str, Any]:
     manifest, rows = assemble(parts)
     remove_stale_shards(out_dir, parts[0]["plan"])
     write_skipped_csv(out_dir / SKIPPED_CSV, rows)
-    write_json_atomic(out_dir / MANIFEST, manifest)
-    return manifest
+    data = manifest.to_json()
+    write_json_atomic(out_dir / MANIFEST, data)
+    return data
 
 
 def merge_manifests(out_dir: str | Path, num_tasks: int) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from typing import Any
 from tqdm import tqdm
 
 from data_prep.mimic_metadata import CHEXPERT_LABELS, list_candidates
-from data_prep.shard_config import ShardConfig, WindowConfig
+from data_prep.shard_config import ShardConfig
 from data_prep.shard_manifest import (
     finish,
     merge_manifests,
@@ -38,10 +38,11 @@ from data_prep.shard_manifest import (
     part_name,
 )
 from data_prep.shard_samples import SampleSettings, ShardJob, build_shard, job_fingerprint
-from data_prep.shard_writer import load_complete_state, remove_leftovers, write_json_atomic
+from data_prep.shard_writer import load_complete_state, remove_leftovers
 from pipeline.config import ConfigError, add_config_arguments, load_config, to_dict, to_yaml
-from pipeline.dicom_pixels import WindowSettings, tune_allocator
+from pipeline.dicom_pixels import tune_allocator
 from pipeline.logging_setup import setup_logging
+from pipeline.shard_format import shard_path, write_json_atomic
 
 log = logging.getLogger("sista.shard_mimic")
 
@@ -49,7 +50,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "data" / "mim
 _VERSIONED = ("sista-pipeline", "numpy", "pydicom", "pillow", "pylibjpeg", "pylibjpeg-openjpeg",
               "pylibjpeg-libjpeg", "torch", "transformers")
 
-__all__ = ["ShardConfig", "WindowConfig", "main", "merge_manifests", "shard_mimic"]
+__all__ = ["ShardConfig", "main", "merge_manifests", "shard_mimic"]
 
 
 def _versions() -> dict[str, str]:
@@ -73,7 +74,7 @@ def _settings(cfg: ShardConfig) -> SampleSettings:
         jpg_quality=cfg.jpg_quality,
         png_compress_level=cfg.png_compress_level,
         png_zlib_strategy=cfg.png_zlib_strategy,
-        window=WindowSettings(cfg.window.use_file_voi, cfg.window.percentile_low, cfg.window.percentile_high),
+        window=cfg.window,
         text_sections=tuple(cfg.text_sections),
         use_fallback=cfg.use_fallback,
         min_words=cfg.min_words,
@@ -114,7 +115,7 @@ def plan_shards(candidates: dict[str, list[Any]], shard_size: int) -> list[Shard
     jobs = []
     for split, items in candidates.items():
         for index, start in enumerate(range(0, len(items), shard_size)):
-            jobs.append(ShardJob(split, index, f"{split}/{split}-{index:06d}.tar", tuple(items[start : start + shard_size])))
+            jobs.append(ShardJob(split, index, shard_path(split, index), tuple(items[start : start + shard_size])))
     return jobs
 
 
@@ -226,7 +227,8 @@ def shard_mimic(cfg: ShardConfig) -> dict[str, Any]:
             "skipped": [{"id": s.id, "split": "", "reason": s.reason, "detail": s.detail} for s in listing.skipped],
         },
         "label_names": list(CHEXPERT_LABELS),
-        "image": {"format": cfg.image_extension, "bits": cfg.output_bits, "size": cfg.image_size, "source": cfg.image_source},
+        "image": {"format": cfg.image_extension, "bits": cfg.output_bits, "size": cfg.image_size, "source": cfg.image_source,
+                  "window": cfg.window.to_json() if cfg.image_source == "dicom" else None},
         "report_encoder": encoder,
         "args": to_dict(cfg),
         "versions": _versions(),

@@ -7,9 +7,7 @@ other DICOM header field is copied.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,10 +22,18 @@ from data_prep.png_writer import WRITER_VERSION as PNG_WRITER_VERSION
 from data_prep.png_writer import grayscale_png
 from data_prep.report_embedding import ReportEncoder, npy_bytes
 from data_prep.reports import count_words, extract_sections, training_text
-from data_prep.shard_writer import remove_leftovers, state_path, write_json_atomic, write_tar
-from pipeline.dicom_pixels import DicomReadError, WindowSettings, dicom_to_image, quantize, resize_short_side
-
-LABEL_POLICY = "raw: 1.0 present, 0.0 negated, -1.0 uncertain, null not mentioned"
+from data_prep.shard_writer import remove_leftovers, state_path, write_tar
+from pipeline.dicom_pixels import DicomReadError, dicom_to_image, quantize, resize_short_side
+from pipeline.shard_format import (
+    META_MEMBER,
+    REPORT_EMBEDDING_MEMBER,
+    TEXT_MEMBER,
+    SampleLabels,
+    SampleMeta,
+    WindowSettings,
+    write_json_atomic,
+)
+from pipeline.shard_format.fingerprint import content_digest, digest, file_stamp
 
 
 @dataclass(frozen=True)
@@ -150,37 +156,42 @@ def build_sample(candidate: Candidate, settings: SampleSettings) -> tuple[list[t
         transform = {"source": "dicom", **transform}
     else:
         image, transform, original = load_jpg_image(candidate.image_path, settings.image_size, settings.output_bits)
-    meta = {
-        "subject_id": candidate.subject_id,
-        "study_id": candidate.study_id,
-        "dicom_id": candidate.dicom_id,
-        "view": candidate.view,
-        "split": candidate.split,
-        "sections": sections,
-        "text_source": source,
-        "labels": {"names": list(CHEXPERT_LABELS), "values": list(candidate.labels), "policy": LABEL_POLICY},
-        "transform": transform,
-        "original_size": list(original),
-    }
+    meta = SampleMeta(
+        subject_id=candidate.subject_id,
+        study_id=candidate.study_id,
+        dicom_id=candidate.dicom_id,
+        view=candidate.view,
+        split=candidate.split,
+        sections=sections,
+        text_source=source,
+        labels=SampleLabels(CHEXPERT_LABELS, candidate.labels),
+        transform=transform,
+        original_size=original,
+    )
     members = [
         (settings.image_extension, encode_image(image, settings.image_extension, settings.jpg_quality, settings.png_compress_level,
                                                     settings.png_zlib_strategy)),
-        ("json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")),
-        ("txt", text.encode("utf-8")),
+        (META_MEMBER, meta.to_bytes()),
+        (TEXT_MEMBER, text.encode("utf-8")),
     ]
     return members, text
 
 
 def job_fingerprint(job: ShardJob, settings: SampleSettings) -> str:
-    """sha256 of everything that shapes a shard's bytes: settings, candidates (ids, paths, labels), PNG writer."""
-    payload = {"settings": asdict(settings), "candidates": [asdict(c) for c in job.candidates],
-               "png_writer": PNG_WRITER_VERSION}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+    """sha256 of everything a shard is made from (see :mod:`pipeline.shard_format.fingerprint`).
+
+    Settings, PNG writer, the candidates (ids, paths, view, split, labels: what the CSV rows give),
+    each report's content and each image file's size and mtime, so an edited input is redone.
+    """
+    inputs = [{"report": content_digest(c.report_path), "image": file_stamp(c.image_path)} for c in job.candidates]
+    return digest({"settings": asdict(settings), "candidates": [asdict(c) for c in job.candidates],
+                   "inputs": inputs, "png_writer": PNG_WRITER_VERSION})
 
 
 def build_shard(job: ShardJob, settings: SampleSettings, out_dir: Path, tick: Callable[[int], None]) -> dict[str, Any]:
     """Write one shard (temp name + rename) and its state record; returns the record."""
     remove_leftovers(out_dir, job.relative_path)
+    fingerprint = job_fingerprint(job, settings)  # before reading: an input edited meanwhile fails the next --resume
     samples: list[tuple[str, list[tuple[str, bytes]]]] = []
     texts: list[str] = []
     skipped: list[Skip] = []
@@ -199,14 +210,14 @@ def build_shard(job: ShardJob, settings: SampleSettings, out_dir: Path, tick: Ca
     if settings.report_encoder and samples:
         embeddings = _encoder(settings).embed(texts)
         for (_, members), vector in zip(samples, embeddings):
-            members.append(("report_emb.npy", npy_bytes(vector)))
+            members.append((REPORT_EMBEDDING_MEMBER, npy_bytes(vector)))
     count, size, digest = write_tar(out_dir / job.relative_path, samples)
     record = {
         "path": job.relative_path,
         "split": job.split,
         "index": job.index,
         "num_candidates": len(job.candidates),
-        "fingerprint": job_fingerprint(job, settings),
+        "fingerprint": fingerprint,
         "num_samples": count,
         "bytes": size,
         "sha256": digest,

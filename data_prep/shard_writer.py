@@ -20,8 +20,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-STATE_DIR = ".shard_state"
-_TMP_MARK = ".tmp."
+from pipeline.shard_format.atomic import TMP_MARK, temp_path
+from pipeline.shard_format.layout import STATE_DIR
+
+__all__ = ["STATE_DIR", "load_complete_state", "remove_leftovers", "sha256_file", "state_path", "write_tar"]
 
 
 class _HashingFile:
@@ -56,7 +58,7 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
 def write_tar(path: Path, samples: Iterable[tuple[str, list[tuple[str, bytes]]]]) -> tuple[int, int, str]:
     """Write ``(key, [(extension, bytes), ...])`` samples to ``path`` atomically: (samples, bytes, sha256)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}{_TMP_MARK}{os.getpid()}")
+    tmp = temp_path(path)
     count = 0
     try:
         with open(tmp, "wb") as raw:
@@ -89,14 +91,6 @@ def state_path(out_dir: Path, relative_shard: str) -> Path:
     return out_dir / STATE_DIR / (relative_shard.replace("/", "__") + ".json")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON (sorted keys, 1-space indent, trailing newline) by temp name + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}{_TMP_MARK}{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def load_complete_state(out_dir: Path, relative_shard: str) -> dict[str, Any] | None:
     """The state record of a shard when the shard is complete and its checksum matches, else None."""
     record_path, shard_path = state_path(out_dir, relative_shard), out_dir / relative_shard
@@ -117,5 +111,5 @@ def remove_leftovers(out_dir: Path, relative_shard: str) -> None:
     """Delete temp files a killed run left for this shard (and its state record)."""
     for path in (out_dir / relative_shard, state_path(out_dir, relative_shard)):
         if path.parent.is_dir():
-            for stale in path.parent.glob(path.name + _TMP_MARK + "*"):
+            for stale in path.parent.glob(path.name + TMP_MARK + "*"):
                 stale.unlink(missing_ok=True)

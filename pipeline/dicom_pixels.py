@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,8 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.processing import apply_modality_lut, apply_voi
+
+from pipeline.shard_format.manifest import WindowSettings
 
 RESIZE_FILTER = "lanczos"
 _MAX_LUT_BITS = 16
@@ -38,15 +39,6 @@ class DicomReadError(ValueError):
     def __init__(self, path: str | Path, reason: str, detail: str) -> None:
         super().__init__(f"{path}: {reason}: {detail}")
         self.path, self.reason, self.detail = str(path), reason, detail
-
-
-@dataclass(frozen=True)
-class WindowSettings:
-    """How to window when a file has no VOI LUT / window: percentiles in [0, 100] of its modality values."""
-
-    use_file_voi: bool
-    percentile_low: float
-    percentile_high: float
 
 
 def tune_allocator() -> bool:

@@ -31,8 +31,8 @@ from data_prep.phantom.dicom_io import (
 )
 from data_prep.phantom.draw import draw_findings
 from data_prep.phantom.report import EXAMINATIONS, exam_key, render_report
-from data_prep.phantom.rle import encode_rle, mask_bbox
 from data_prep.phantom.voices import finding_sets, make_voices, size_bucket, voiced_case
+from pipeline.shard_format.coco_rle import encode_rle, mask_bbox
 
 NON_ASCII_RATE = 0.08
 

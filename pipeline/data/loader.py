@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import logging
 import random
 from collections.abc import Iterator
@@ -39,10 +38,9 @@ from pipeline.data.transforms import (
     sample_generator,
     train_transform,
 )
+from pipeline.shard_format import IMAGE_EXTENSIONS, REPORT_EMBEDDING_MEMBER, image_extension, read_sample_meta
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
 
 
 @dataclass
@@ -152,23 +150,23 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
     key = raw.get("__key__", "?")
     where = f"sample {key} in {raw.get('__url__', '?')}"
     try:
-        ext = next((e for e in IMAGE_EXTENSIONS if e in raw), None)
+        ext = image_extension(raw)
         if ext is None:
             raise ValueError(f"no image member (expected one of {IMAGE_EXTENSIONS}; has {sorted(raw)})")
         for member in ("txt", "json"):
             if member not in raw:
                 raise ValueError(f"no {member} member")
-        meta = json.loads(raw["json"])
+        _, labels = read_sample_meta(raw["json"], where)
         emb = None
-        if "report_emb.npy" in raw:
-            emb = np.load(io.BytesIO(raw["report_emb.npy"]), allow_pickle=False)
+        if REPORT_EMBEDDING_MEMBER in raw:
+            emb = np.load(io.BytesIO(raw[REPORT_EMBEDDING_MEMBER]), allow_pickle=False)
             if emb.ndim != 1:
                 raise ValueError(f"report_emb.npy has shape {emb.shape}, expected 1-D")
         return {
             "key": key,
             "image": decode_image(raw[ext], ext),
             "text": raw["txt"].decode("utf-8"),
-            "labels": list(meta["labels"]["values"]),
+            "labels": list(labels.values),
             "report_emb": emb,
         }
     except Exception as err:

@@ -1,19 +1,17 @@
-"""Where a split's shards are: the sharder's manifest, a brace pattern, or ``pipe:`` URLs."""
+"""Where a split's shards are: the sharder's manifest (read through :mod:`pipeline.shard_format`), a brace pattern, or ``pipe:`` URLs."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from webdataset.shardlists import expand_urls
 
-PIPE_PREFIX = "pipe:"
-PATH_FIELD = "{path}"
+from pipeline.shard_format import PIPE_PREFIX, read_manifest, shard_url
+from pipeline.shard_format import ShardFormatError as ShardError
 
-
-class ShardError(ValueError):
-    """A shard list that cannot be used; the message names the manifest, split or shard."""
+__all__ = ["ShardError", "ShardList", "check_local_shards", "read_manifest", "resolve_shards", "shard_url",
+           "shards_from_manifest", "shards_from_pattern"]
 
 
 @dataclass(frozen=True)
@@ -30,56 +28,11 @@ class ShardList:
         return len(self.urls)
 
 
-def _read_text(location: str) -> str:
-    """Read a small text file from a local path or a ``pipe:`` command."""
-    if location.startswith(PIPE_PREFIX):
-        from webdataset import gopen
-
-        with gopen.gopen(location, "rb") as stream:
-            return stream.read().decode("utf-8")
-    path = Path(location)
-    if not path.is_file():
-        raise ShardError(f"manifest not found: {path}")
-    return path.read_text(encoding="utf-8")
-
-
-def read_manifest(location: str) -> dict:
-    """Parse the sharder's ``manifest.json`` from a local path or a ``pipe:`` command."""
-    try:
-        manifest = json.loads(_read_text(location))
-    except json.JSONDecodeError as err:
-        raise ShardError(f"{location}: not valid JSON: {err}") from err
-    if not isinstance(manifest, dict) or "splits" not in manifest:
-        raise ShardError(f"{location}: not a shard manifest (no 'splits' key)")
-    return manifest
-
-
-def shard_url(relative: str, manifest_location: str, shard_root: str | None) -> str:
-    """The URL of a manifest entry: under ``shard_root`` (a dir, or a template with ``{path}``) or next to the manifest."""
-    if shard_root is None:
-        if manifest_location.startswith(PIPE_PREFIX):
-            raise ShardError(
-                f"manifest {manifest_location!r} is read through a pipe: set data.shard_root to a URL template "
-                f"containing {PATH_FIELD} (e.g. 'pipe:aws s3 cp s3://bucket/shards/{PATH_FIELD} -')"
-            )
-        return str(Path(manifest_location).parent / relative)
-    if PATH_FIELD in shard_root:
-        return shard_root.replace(PATH_FIELD, relative)
-    if shard_root.startswith(PIPE_PREFIX):
-        raise ShardError(f"data.shard_root {shard_root!r} is a pipe: command but has no {PATH_FIELD} placeholder")
-    return str(Path(shard_root) / relative)
-
-
 def shards_from_manifest(manifest_location: str, split: str, shard_root: str | None = None) -> ShardList:
     """The shards of ``split`` listed in a manifest, as URLs (see :func:`shard_url`)."""
-    manifest = read_manifest(manifest_location)
-    splits = manifest["splits"]
-    if split not in splits:
-        raise ShardError(f"{manifest_location}: no split {split!r} (has: {', '.join(sorted(splits)) or 'none'})")
-    entries = splits[split]["shards"]
-    urls = tuple(shard_url(e["path"], manifest_location, shard_root) for e in entries)
-    counts = tuple(int(e["num_samples"]) for e in entries)
-    return ShardList(split, urls, int(splits[split]["num_samples"]), counts)
+    entry = read_manifest(manifest_location).split(split, manifest_location)
+    urls = tuple(shard_url(s.path, manifest_location, shard_root) for s in entry.shards)
+    return ShardList(split, urls, entry.num_samples, tuple(s.num_samples for s in entry.shards))
 
 
 def shards_from_pattern(pattern: str, num_samples: int, split: str) -> ShardList:

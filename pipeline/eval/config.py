@@ -41,6 +41,9 @@ class ShardDataConfig:
     uncertain: Literal["ones", "zeros", "ignore"]
     labels: list[str]  # labels scored by zero-shot classification and the linear probe
     root: Optional[str] = None  # the folder holding manifest.json
+    manifest: Optional[str] = None  # instead of root: the manifest's path or a pipe: command that prints it
+    shard_root: Optional[str] = None  # as training's data.shard_root: a folder, or a template with {path}
+    cache_dir: Optional[str] = None  # local copies of pipe: shards; None: $SISTA_SHARD_CACHE, else ~/.cache/sista/shards
 
 
 @dataclass

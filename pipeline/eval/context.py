@@ -16,6 +16,7 @@ from pipeline.eval.adapters import LabelledImages, load_shard_split
 from pipeline.eval.config import EvalConfig
 from pipeline.eval.features import embed_images, embed_texts
 from pipeline.models import SistaModel, build_tokenizer
+from pipeline.shard_format import WindowSettings, is_pipe, manifest_location, read_manifest
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -98,14 +99,33 @@ class EvalContext:
         """The text encoder's maximum token count."""
         return self.model.config.text.max_length
 
+    def shard_manifest_location(self) -> str:
+        """Where ``data.shards``' manifest is: ``data.shards.manifest`` (a path or ``pipe:``), else ``root/manifest.json``."""
+        shards = self.cfg.data.shards
+        if shards.manifest is not None:
+            return shards.manifest if is_pipe(shards.manifest) else str(resolve_path(shards.manifest, "data.shards.manifest"))
+        return manifest_location(resolve_path(shards.root, "data.shards.root"))
+
     def shard_split(self, split: str) -> LabelledImages:
-        """One split of ``data.shards`` (read once per run)."""
+        """One split of ``data.shards`` (read once per run; ``pipe:`` shards through the local cache)."""
         if split not in self._splits:
             shards = self.cfg.data.shards
+            cache = None if shards.cache_dir is None else Path(shards.cache_dir)
             self._splits[split] = load_shard_split(
-                resolve_path(shards.root, "data.shards.root"), split, shards.uncertain
+                self.shard_manifest_location(), split, shards.uncertain, shard_root=shards.shard_root, cache_dir=cache
             )
         return self._splits[split]
+
+    def dicom_window(self) -> WindowSettings:
+        """The DICOM display window recorded in ``data.shards``' manifest, for downstream DICOM sets (RSNA)."""
+        location = self.shard_manifest_location()
+        image = read_manifest(location).image
+        if image is None or image.window is None:
+            raise ConfigError(
+                f"{location} records no DICOM window (shards made from JPGs): set data.shards.root to shards made "
+                "from DICOMs, whose manifest's image.window says how the training films were displayed"
+            )
+        return image.window
 
     def image_features(self, data: LabelledImages, which: str) -> np.ndarray:
         """``global`` (projected, normalised) or ``backbone`` (trunk pooled) features of every image, cached."""

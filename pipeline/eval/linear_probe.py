@@ -221,7 +221,7 @@ def load_probe_data(ctx: EvalContext, name: str) -> ProbeData:
         fractions = data_cfg.rsna.split_fractions
         if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
             raise ValueError(f"data.rsna.split_fractions must be three fractions summing to 1, got {fractions}")
-        pool = load_rsna(resolve_path(data_cfg.rsna.root, "data.rsna.root"))
+        pool = load_rsna(resolve_path(data_cfg.rsna.root, "data.rsna.root"), ctx.dicom_window())
         folder = _split_folder(root, name, pool)
         parts = partition_ids(pool.ids, fractions, probe.seed)
         sets = [

@@ -10,10 +10,11 @@ from typing import Any
 import torch
 
 from pipeline.data import Collator, micro_batches_per_epoch
-from pipeline.data.shards import ShardList, read_manifest, resolve_shards
+from pipeline.data.shards import ShardList, resolve_shards
 from pipeline.logging_setup import setup_logging
 from pipeline.losses import LossContext, Objective, build_objective
 from pipeline.models import build_model, build_tokenizer
+from pipeline.shard_format import read_manifest
 from pipeline.train.config import PretrainConfig, checkpoint_dir, run_dir
 from pipeline.train.distributed import discover_env, init_distributed, prepare_accelerator_env, select_device
 from pipeline.train.engine import PRECISION_DTYPES, build_engine
@@ -84,8 +85,8 @@ def _report_pooling(cfg: PretrainConfig) -> str | None:
     """How the shards' precomputed report embeddings were pooled (the manifest's report_encoder), if known."""
     if cfg.data.manifest is None:
         return None
-    encoder = read_manifest(cfg.data.manifest).get("report_encoder")
-    return encoder.get("pooling") if encoder else None
+    encoder = read_manifest(cfg.data.manifest).report_encoder
+    return encoder.pooling if encoder else None
 
 
 def build_run(cfg: PretrainConfig) -> TrainRun:

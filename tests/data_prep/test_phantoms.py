@@ -22,8 +22,8 @@ from data_prep.phantom.case import LABEL_NAMES, chexpert_labels, sample_case
 from data_prep.phantom.cohort import StudyPlan, plan_cohort
 from data_prep.phantom.dicom_io import Encoding, write_dicom
 from data_prep.phantom.report import render_report
-from data_prep.phantom.rle import decode_rle, encode_rle, mask_bbox
 from data_prep.phantom.study import render_study, study_dir
+from pipeline.shard_format.coco_rle import decode_rle, encode_rle, mask_bbox
 
 SIDE_WORDS = {"left": ("left",), "right": ("right",), "bilateral": ("bilateral", "bibasilar")}
 ZONE_WORDS = {"upper": ("upper",), "mid": ("mid", "middle"), "lower": ("lower", "base", "basilar")}

@@ -199,7 +199,8 @@ def test_jpg_source(small_mimic: SmallMimic, tmp_path: Path) -> None:
 def test_png16_output(small_mimic: SmallMimic, tmp_path: Path) -> None:
     """--image-format png16 stores 16-bit grayscale PNGs (extension png)."""
     manifest = shard_mimic(shard_config(small_mimic.root, tmp_path / "out", image_format="png16", splits=["test"]))
-    assert manifest["image"] == {"format": "png", "bits": 16, "size": 32, "source": "dicom"}
+    window = {"use_file_voi": True, "percentile_low": 0.5, "percentile_high": 99.5}  # configs/data/mimic.yaml
+    assert manifest["image"] == {"format": "png", "bits": 16, "size": 32, "source": "dicom", "window": window}
     sample = read_samples(tmp_path / "out", manifest["splits"]["test"]["shards"][0]["path"])[0]
     image = np.asarray(Image.open(io.BytesIO(sample["png"])))
     assert image.dtype in (np.uint16, np.int32) and image.max() > 255

@@ -121,3 +121,25 @@ def test_resume_with_other_settings_redoes_every_shard(resume_mimic: SmallMimic,
     shard_mimic(shard_config(resume_mimic.root, out, image_size=48, shard_size=1, workers=1, resume=True))
     shard_mimic(shard_config(resume_mimic.root, fresh, image_size=48, shard_size=1, workers=1))
     assert output_files(out) == output_files(fresh) != output_files(clean_run[0])
+
+
+def test_resume_redoes_the_shards_whose_inputs_changed(tmp_path: Path) -> None:
+    """An edited report (same mtime), a touched DICOM and a changed CSV label each get their shard redone."""
+    mimic = build_small_mimic(tmp_path / "mimic", subjects=4)  # one shard per candidate: train 0, 1, validate 0, test 0
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    shard_mimic(shard_config(mimic.root, out, shard_size=1, workers=1))
+    stamps = {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.glob("*/*.tar")}
+    report = mimic.report_path(mimic.frontal["train"][0])
+    kept = report.stat()
+    report.write_text(report.read_text().replace("No acute intrathoracic process.", "New small left effusion."))
+    os.utime(report, ns=(kept.st_atime_ns, kept.st_mtime_ns))  # the content alone changed
+    dicom = mimic.dicom_path(mimic.frontal["validate"][0])
+    os.utime(dicom, ns=(dicom.stat().st_atime_ns, dicom.stat().st_mtime_ns + 10**9))
+    test_subject = int(next(r for r in mimic.meta_rows if r["dicom_id"] == mimic.frontal["test"][0])["subject_id"])
+    next(r for r in mimic.label_rows if r["subject_id"] == test_subject)["Edema"] = 1.0
+    mimic.write_csvs()
+    shard_mimic(shard_config(mimic.root, out, shard_size=1, workers=1, resume=True))
+    shard_mimic(shard_config(mimic.root, fresh, shard_size=1, workers=1))
+    assert output_files(out) == output_files(fresh)
+    rewritten = {rel for rel, ns in stamps.items() if (out / rel).stat().st_mtime_ns != ns}
+    assert rewritten == {"train/train-000000.tar", "validate/validate-000000.tar", "test/test-000000.tar"}

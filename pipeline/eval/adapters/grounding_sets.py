@@ -18,30 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.eval.adapters.base import GroundingPhrase, GroundingSet, LabelledImages, file_loader
+from pipeline.shard_format.coco_rle import decode_rle
+from pipeline.shard_format.regions import Box, boxes_mask, resize_mask
 
 MSCXR_COLUMNS = ("dicom_id", "label_text", "category_name", "x", "y", "w", "h", "image_width", "image_height")
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    """Decode an uncompressed column-major RLE ``{"size": [rows, cols], "counts": [...]}`` to a bool mask.
-
-    Counts alternate runs of 0 and 1, starting with 0 (COCO's convention).
-    """
-    rows, cols = (int(v) for v in rle["size"])
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    if (counts < 0).any() or counts.sum() != rows * cols:
-        raise ValueError(f"RLE counts sum to {int(counts.sum())}, expected {rows} x {cols} = {rows * cols}")
-    values = np.zeros(len(counts), dtype=bool)
-    values[1::2] = True
-    return np.repeat(values, counts).reshape(cols, rows).T
-
-
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a bool mask to ``size`` = (rows, cols)."""
-    rows, cols = size
-    src_rows = np.minimum(((np.arange(rows) + 0.5) * mask.shape[0] / rows).astype(np.int64), mask.shape[0] - 1)
-    src_cols = np.minimum(((np.arange(cols) + 0.5) * mask.shape[1] / cols).astype(np.int64), mask.shape[1] - 1)
-    return mask[np.ix_(src_rows, src_cols)]
 
 
 def _rle_mask(rle: dict) -> Callable[[tuple[int, int]], np.ndarray]:
@@ -72,19 +52,9 @@ def load_phantom_grounding(
     return out
 
 
-def _box_mask(boxes: list[tuple[float, float, float, float]], width: float, height: float):
+def _box_mask(boxes: list[Box], width: float, height: float) -> Callable[[tuple[int, int]], np.ndarray]:
     """A mask function: the union of (x, y, w, h) boxes given in a ``width`` x ``height`` image."""
-
-    def mask(size: tuple[int, int]) -> np.ndarray:
-        rows, cols = size
-        ys = (np.arange(rows) + 0.5) * height / rows
-        xs = (np.arange(cols) + 0.5) * width / cols
-        out = np.zeros((rows, cols), dtype=bool)
-        for x, y, w, h in boxes:  # a handful of boxes per phrase
-            out |= ((ys >= y) & (ys < y + h))[:, None] & ((xs >= x) & (xs < x + w))[None, :]
-        return out
-
-    return mask
+    return lambda size: boxes_mask(boxes, width, height, size)
 
 
 def _mimic_jpg_paths(jpg_root: Path) -> dict[str, Path]:

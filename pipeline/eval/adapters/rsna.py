@@ -2,7 +2,8 @@
 
 The CSV has one row per box (``patientId,x,y,width,height,Target``), and a single row with
 empty box cells for an image without pneumonia. Only the training images carry labels, so the
-linear probe splits this pool itself (split files written once and reused).
+linear probe splits this pool itself (split files written once and reused). Films are displayed
+with the DICOM window of the training shards (``window``, from their manifest).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import numpy as np
 
 from pipeline.eval.adapters.base import LabelledImages
 from pipeline.eval.adapters.dicom import dicom_loader
+from pipeline.shard_format import WindowSettings
 
 LABELS_FILE = "stage_2_train_labels.csv"
 IMAGES_DIR = "stage_2_train_images"
 
 
-def load_rsna(root: Path) -> LabelledImages:
-    """Read the labelled RSNA pool: one binary label (pneumonia) per patientId, in CSV order."""
+def load_rsna(root: Path, window: WindowSettings) -> LabelledImages:
+    """Read the labelled RSNA pool: one binary label (pneumonia) per patientId, in CSV order, films shown with ``window``."""
     csv_path = Path(root) / LABELS_FILE
     if not csv_path.is_file():
         raise FileNotFoundError(f"RSNA labels file not found: {csv_path}")
@@ -44,7 +46,7 @@ def load_rsna(root: Path) -> LabelledImages:
         path = Path(root) / IMAGES_DIR / f"{pid}.dcm"
         if not path.is_file():
             raise FileNotFoundError(f"{csv_path}: patientId {pid!r} has no image {path}")
-        loaders.append(dicom_loader(path))
+        loaders.append(dicom_loader(path, window))
     return LabelledImages(
         name="rsna",
         ids=ids,

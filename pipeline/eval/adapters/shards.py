@@ -1,14 +1,15 @@
-"""The project's WebDataset shards (MIMIC-CXR or the phantom set): one split of ``OUT/manifest.json``.
+"""The project's WebDataset shards (MIMIC-CXR or the phantom set): one split of a manifest, read as training reads it.
 
-Every tar is indexed once (member offsets), and images are read lazily by seeking, so a test
-split of thousands of images does not sit in memory. Labels come from each sample's ``json``
+The manifest is found and parsed by :mod:`pipeline.shard_format`, with the same ``shard_root``
+and ``pipe:`` templates as training. Every tar is indexed once (member offsets), and images are
+read lazily by seeking, so a test split of thousands of images does not sit in memory; a shard
+behind a ``pipe:`` URL is first copied into the local shard cache (seeking needs a file). Labels come from each sample's ``json``
 (1.0 present, 0.0 negated, -1.0 uncertain, null not mentioned = negative); uncertain follows
 the policy: ``ones``, ``zeros`` or ``ignore`` (NaN, left out of that label's AUROC).
 """
 
 from __future__ import annotations
 
-import json
 import tarfile
 from pathlib import Path
 from typing import Literal
@@ -18,9 +19,18 @@ import torch
 
 from pipeline.data.transforms import decode_image
 from pipeline.eval.adapters.base import ImageLoader, LabelledImages
+from pipeline.shard_format import (
+    META_MEMBER,
+    TEXT_MEMBER,
+    image_extension,
+    local_shard,
+    manifest_location,
+    read_manifest,
+    read_sample_meta,
+    shard_url,
+)
 
 ShardUncertainPolicy = Literal["ones", "zeros", "ignore"]
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
 
 
 def _member_loader(tar_path: Path, ext: str, offset: int, size: int) -> ImageLoader:
@@ -65,38 +75,47 @@ def _label_row(values: list, policy: ShardUncertainPolicy) -> list[float]:
     return [1.0 if v == 1.0 else uncertain if v == -1.0 else 0.0 for v in values]
 
 
-def load_shard_split(root: Path, split: str, uncertain: ShardUncertainPolicy) -> LabelledImages:
-    """Read one split of a shard set: images (lazy), training texts, label matrix and per-sample json."""
-    manifest_path = Path(root) / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"shard manifest not found: {manifest_path}")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    splits = manifest.get("splits", {})
-    if split not in splits:
-        raise ValueError(f"{manifest_path}: no split {split!r} (has {sorted(splits)})")
-    label_names = list(manifest["label_names"])
+def load_shard_split(
+    manifest: str | Path,
+    split: str,
+    uncertain: ShardUncertainPolicy,
+    *,
+    shard_root: str | None = None,
+    cache_dir: Path | None = None,
+) -> LabelledImages:
+    """Read one split of a shard set: images (lazy), training texts, label matrix and per-sample json.
+
+    ``manifest`` is a shard folder, a manifest path or a ``pipe:`` command; ``shard_root`` as in training
+    (a folder or a ``{path}`` template); ``pipe:`` shards are copied into ``cache_dir`` (see
+    :func:`pipeline.shard_format.local_shard`).
+    """
+    location = manifest_location(manifest)
+    parsed = read_manifest(location)
+    entry = parsed.split(split, location)
+    label_names = list(parsed.label_names)
     ids, loaders, texts, labels, metas = [], [], [], [], []
-    for shard in splits[split]["shards"]:
-        tar_path = Path(root) / shard["path"]
+    for shard in entry.shards:
+        url = shard_url(shard.path, location, shard_root)
+        tar_path = local_shard(url, shard, cache_dir)
         if not tar_path.is_file():
-            raise FileNotFoundError(f"{manifest_path}: shard {shard['path']} is missing")
+            raise FileNotFoundError(f"{location}: shard {shard.path} is missing ({tar_path})")
         index = _index_tar(tar_path)
-        if len(index) != shard["num_samples"]:
-            raise ValueError(f"{tar_path}: {len(index)} samples, manifest says {shard['num_samples']}")
+        if len(index) != shard.num_samples:
+            raise ValueError(f"{tar_path}: {len(index)} samples, manifest says {shard.num_samples}")
         for key, members in index.items():
-            image_ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
-            if image_ext is None or "txt" not in members or "json" not in members:
+            image_ext = image_extension(members)
+            if image_ext is None or TEXT_MEMBER not in members or META_MEMBER not in members:
                 raise ValueError(f"{tar_path}: sample {key!r} lacks an image, txt or json member")
-            meta = json.loads(_read_member(tar_path, members["json"]).decode("utf-8"))
-            if list(meta["labels"]["names"]) != label_names:
+            meta, sample_labels = read_sample_meta(_read_member(tar_path, members[META_MEMBER]), f"{tar_path}: sample {key!r}")
+            if list(sample_labels.names) != label_names:
                 raise ValueError(f"{tar_path}: sample {key!r} label names differ from the manifest's")
             ids.append(key)
             loaders.append(_member_loader(tar_path, image_ext, *members[image_ext]))
-            texts.append(_read_member(tar_path, members["txt"]).decode("utf-8"))
-            labels.append(_label_row(meta["labels"]["values"], uncertain))
+            texts.append(_read_member(tar_path, members[TEXT_MEMBER]).decode("utf-8"))
+            labels.append(_label_row(list(sample_labels.values), uncertain))
             metas.append(meta)
     if not ids:
-        raise ValueError(f"{manifest_path}: split {split!r} has no samples")
+        raise ValueError(f"{location}: split {split!r} has no samples")
     return LabelledImages(
         name=f"shards/{split}",
         ids=ids,

@@ -11,11 +11,10 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-LABELS = [
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
-    "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
-    "Pneumothorax", "Support Devices",
-]
+from data_prep.mimic_metadata import CHEXPERT_LABELS
+from pipeline import shard_format as fmt
+
+LABELS = list(CHEXPERT_LABELS)  # the sharder's label order
 
 
 def _png(value: int, size: int) -> bytes:
@@ -35,7 +34,7 @@ def write_tiny_shards(
     rng = np.random.default_rng(0)
     entries = []
     for start in range(0, num_samples, shard_size):
-        rel = f"train/train-{start // shard_size:06d}.tar"
+        rel = fmt.shard_path("train", start // shard_size)
         count = 0
         with wds.TarWriter(str(out / rel)) as sink:
             for i in range(start, min(start + shard_size, num_samples)):
@@ -53,13 +52,11 @@ def write_tiny_shards(
                 sink.write({"__key__": f"d{i:05d}", "png": image, "txt": f"report number {i} no effusion",
                             "json": json.dumps(meta).encode(), "report_emb.npy": buf.getvalue()})
                 count += 1
-        entries.append({"path": rel, "num_samples": count, "bytes": (out / rel).stat().st_size, "sha256": ""})
-    manifest = {
-        "splits": {"train": {"num_samples": num_samples, "shards": entries}},
-        "label_names": LABELS, "image": {"format": "png", "size": image_size},
-        "report_encoder": {"name": "random", "dim": dim, "pooling": "mean"}, "skipped": {},
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest))
+        entries.append(fmt.ShardRecord(rel, count, (out / rel).stat().st_size))
+    manifest = fmt.ShardManifest(splits={"train": fmt.SplitEntry(num_samples, tuple(entries))}, label_names=tuple(LABELS),
+                             image=fmt.ImageInfo("png", 8, image_size, "synthetic"),
+                             report_encoder=fmt.ReportEncoderInfo("random", dim, "mean"))
+    (out / "manifest.json").write_text(json.dumps(manifest.to_json()))
     return out / "manifest.json"
 
 

@@ -26,7 +26,9 @@ from pipeline.eval.adapters import (
     load_shard_split,
     read_dicom,
 )
+from pipeline.shard_format import WindowSettings
 
+WINDOW = WindowSettings(use_file_voi=True, percentile_low=0.5, percentile_high=99.5)  # a window as a manifest records it
 CHEXPERT_LABELS = [
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
     "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
@@ -126,7 +128,7 @@ def test_rsna_labels_per_patient_and_dicom_pixels(tmp_path: Path) -> None:
         "bbb,10,20,30,40,1\n"
         "bbb,50,20,30,40,1\n"
     )
-    data = load_rsna(root)
+    data = load_rsna(root, WINDOW)
     assert data.ids == ["aaa", "bbb"] and data.labels.tolist() == [[0.0], [1.0]] and data.task == "binary"
     plain, inverted = data.loaders[0](), data.loaders[1]()
     assert plain.shape == (1, 12, 16)
@@ -140,7 +142,7 @@ def test_rsna_missing_image_is_named(tmp_path: Path) -> None:
     (root / "stage_2_train_images").mkdir(parents=True)
     (root / "stage_2_train_labels.csv").write_text("patientId,x,y,width,height,Target\nzzz,,,,,0\n")
     with pytest.raises(FileNotFoundError, match="zzz"):
-        load_rsna(root)
+        load_rsna(root, WINDOW)
 
 
 def test_dicom_rescale_and_voi_lut(tmp_path: Path) -> None:
@@ -150,13 +152,13 @@ def test_dicom_rescale_and_voi_lut(tmp_path: Path) -> None:
     lut.add_new(0x00283006, "US", list(range(0, 256, 16)))  # LUT Data
     path = tmp_path / "lut.dcm"
     _write_dicom(path, stored, "MONOCHROME2", RescaleSlope=0.01, RescaleIntercept=0, VOILUTSequence=[lut])
-    image = read_dicom(path)[0].numpy()
+    image = read_dicom(path, WINDOW)[0].numpy()
     # modality values 0..15 index the LUT directly: output 16*k / 255
     assert np.allclose(image[0], np.arange(16) * 16 / 255, atol=1e-6)
     corrupt = tmp_path / "bad.dcm"
     corrupt.write_bytes(path.read_bytes()[:400])
     with pytest.raises(ValueError, match="bad.dcm"):
-        read_dicom(corrupt)
+        read_dicom(corrupt, WINDOW)
 
 
 # --------------------------------------------------------------------------- COVIDx
@@ -314,20 +316,12 @@ def test_phantom_downstream_chexpert(phantom_root: Path) -> None:
     assert len(test) > 0
 
 
-def sharder_window(repo_root: Path):
+def sharder_window(repo_root: Path) -> WindowSettings:
     """The sharder's window settings as shipped (configs/data/mimic.yaml, ``window:``)."""
     from pipeline.config import load_yaml_tree
-    from pipeline.dicom_pixels import WindowSettings
 
     tree, _ = load_yaml_tree(repo_root / "configs/data/mimic.yaml")
     return WindowSettings(**tree["window"])
-
-
-def test_evaluation_windows_dicoms_like_the_sharder(repo_root: Path) -> None:
-    """The evaluation's DICOM window is the sharder's default: an edit to one must reach the other."""
-    from pipeline.eval.adapters.dicom import EVAL_WINDOW
-
-    assert EVAL_WINDOW == sharder_window(repo_root)
 
 
 def test_phantom_downstream_rsna_matches_the_sharders_dicom_pipeline(phantom_root: Path, repo_root: Path) -> None:
@@ -335,7 +329,7 @@ def test_phantom_downstream_rsna_matches_the_sharders_dicom_pipeline(phantom_roo
     from pipeline.dicom_pixels import read_dicom as read_ds
 
     root = phantom_root / "downstream" / "rsna"
-    data = load_rsna(root)
+    data = load_rsna(root, sharder_window(repo_root))
     rows = list(csv.DictReader((root / "stage_2_train_labels.csv").open()))
     assert len(data) == len({r["patientId"] for r in rows})
     positives = {r["patientId"] for r in rows if r["Target"] == "1"}
@@ -346,5 +340,5 @@ def test_phantom_downstream_rsna_matches_the_sharders_dicom_pipeline(phantom_roo
         stored = ds.pixel_array
         lut, offset, _ = display_lut(ds, stored, sharder_window(repo_root))
         reference = lut[stored.astype(np.int64) + offset]
-        ours = read_dicom(path)[0].numpy()
+        ours = read_dicom(path, sharder_window(repo_root))[0].numpy()
         np.testing.assert_array_equal(ours, reference)  # one display chain for sharding and evaluation

@@ -1,4 +1,7 @@
-"""COCO-style uncompressed run-length encoding of binary masks (column-major, runs start with zeros)."""
+"""COCO-style uncompressed run-length encoding of binary masks (column-major, runs start with zeros).
+
+The phantom generator writes finding masks with it and the grounding evaluation reads them back.
+"""
 
 from __future__ import annotations
 
@@ -21,18 +24,20 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
 
 
 def decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """Decode ``{"size": [rows, cols], "counts": [...]}`` back to a boolean array of shape (rows, cols)."""
+    """Decode ``{"size": [rows, cols], "counts": [...]}`` to a boolean array of shape (rows, cols).
+
+    Counts alternate runs of 0 and 1, starting with 0; ValueError when they do not cover rows x cols.
+    """
     try:
         rows, cols = (int(v) for v in rle["size"])
         counts = np.asarray(rle["counts"], dtype=np.int64)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"not an uncompressed COCO RLE (need 'size' and integer 'counts'): {err}") from err
-    if counts.sum() != rows * cols or (counts < 0).any():
-        raise ValueError(f"RLE counts sum to {int(counts.sum())}, expected rows*cols = {rows * cols}")
+    if counts.ndim != 1 or (counts < 0).any() or counts.sum() != rows * cols:
+        raise ValueError(f"RLE counts sum to {int(counts.sum())}, expected {rows} x {cols} = {rows * cols}")
     values = np.zeros(counts.size, dtype=bool)
     values[1::2] = True
-    flat = np.repeat(values, counts)
-    return flat.reshape((rows, cols), order="F")
+    return np.repeat(values, counts).reshape((rows, cols), order="F")
 
 
 def mask_bbox(mask: np.ndarray) -> list[int]:
