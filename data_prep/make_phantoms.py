@@ -2,6 +2,7 @@
 
     python data_prep/make_phantoms.py --out DIR --studies N --seed S [--jpg] [--workers K]
         [--image-size-range 384,640] [--split-fractions 0.98,0.01,0.01] [--downstream [--downstream-images 400]]
+        [--report-voices N [--finding-sets K]]
 
 Layout and contents follow docs/phantoms.md (MIMIC-CXR v2.0.0 folders and CSVs, DICOM in several
 encodings, optional MIMIC-CXR-JPG mirror, ``phantom_annotations.json``, optional CheXpert/RSNA
@@ -65,6 +66,8 @@ def make_phantoms(
     split_fractions: tuple[float, float, float] = (0.98, 0.01, 0.01),
     downstream: bool = False,
     downstream_images: int = 400,
+    report_voices: int = 0,
+    finding_sets: int = 0,
 ) -> Path:
     """Write ``studies`` phantom studies into ``out_dir`` (MIMIC-CXR layout) and return the folder."""
     lo, hi = (int(v) for v in image_size_range)
@@ -72,10 +75,14 @@ def make_phantoms(
         raise ValueError(f"image_size_range must be two sizes 64 <= lo <= hi, got {image_size_range}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if report_voices < 0 or finding_sets < 0 or (finding_sets and not report_voices):
+        raise ValueError(f"report_voices must be >= 0 and finding_sets >= 0 (and needs report_voices), "
+                         f"got {report_voices}, {finding_sets}")
     out = Path(out_dir)
     plans = plan_cohort(studies, seed, tuple(split_fractions))
     _prepare_out_dir(out)
-    settings = Settings(str(out), int(seed), bool(jpg), (lo, hi), bool(downstream))
+    settings = Settings(str(out), int(seed), bool(jpg), (lo, hi), bool(downstream), int(report_voices),
+                        int(finding_sets))
     work = partial(write_study, settings)
     start = time.perf_counter()
     bar = tqdm(total=len(plans), desc="phantom studies", unit="study", disable=None if not os.environ.get("CI") else True)
@@ -101,6 +108,8 @@ def make_phantoms(
     generator = {"studies": len(plans), "seed": settings.seed, "image_size_range": [lo, hi],
                  "split_fractions": [float(f) for f in split_fractions], "jpg": settings.jpg,
                  "downstream": settings.downstream}  # fmt: skip
+    if report_voices:  # recorded only when used, so the default annotation file keeps its bytes
+        generator.update(report_voices=settings.report_voices, finding_sets=settings.finding_sets)
     study_labels = {plan.study_id: record.labels for plan, record in zip(plans, records)}
     write_annotations(out / ANNOTATIONS, images, study_labels, generator)
     if downstream:
@@ -145,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write CheXpert-, RSNA-, SIIM- and Object-CXR-style layouts")  # fmt: skip
     parser.add_argument("--downstream-images", type=int, default=defaults["downstream_images"],
                         help="images of each SIIM / Object-CXR set (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--report-voices", type=int, default=defaults["report_voices"], metavar="N",
+                        help="write each report in one of N radiologist voices (0: default words; %(default)s)")
+    parser.add_argument("--finding-sets", type=int, default=defaults["finding_sets"], metavar="K",
+                        help="with voices: abnormal studies draw one of K fixed finding sets (0: fresh; %(default)s)")
     return parser
 
 
@@ -156,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     make_phantoms(args.out, args.studies, args.seed, jpg=args.jpg, workers=args.workers,
                   image_size_range=args.image_size_range, split_fractions=args.split_fractions,
-                  downstream=args.downstream, downstream_images=args.downstream_images)  # fmt: skip
+                  downstream=args.downstream, downstream_images=args.downstream_images,
+                  report_voices=args.report_voices, finding_sets=args.finding_sets)  # fmt: skip
     return 0
 
 

@@ -7,6 +7,7 @@ from (seed, study index, stream), so a study never depends on which worker made 
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.phantom.anatomy import Anatomy, build_anatomy
-from data_prep.phantom.case import Finding, StudyCase, chexpert_labels, sample_case
+from data_prep.phantom.case import Finding, StudyCase, chexpert_labels, pick, sample_case
 from data_prep.phantom.cohort import StudyPlan, make_dicom_id, stable_digest
 from data_prep.phantom.dicom_io import (
     VIEW_CODES,
@@ -30,6 +31,7 @@ from data_prep.phantom.dicom_io import (
 )
 from data_prep.phantom.draw import draw_findings
 from data_prep.phantom.report import EXAMINATIONS, exam_key, render_report
+from data_prep.phantom.voices import finding_sets, make_voices, size_bucket, voiced_case
 from pipeline.shard_format.coco_rle import encode_rle, mask_bbox
 
 NON_ASCII_RATE = 0.08
@@ -44,6 +46,8 @@ class Settings:
     jpg: bool
     image_size_range: tuple[int, int]
     downstream: bool
+    report_voices: int = 0  # 0: the default generator's words; N: every study written by one of N voices
+    finding_sets: int = 0  # 0: findings drawn per study; K (with voices): one of K fixed finding sets
 
 
 @dataclass
@@ -88,10 +92,19 @@ def study_rng(seed: int, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, index, stream])
 
 
-def render_study(seed: int, plan: StudyPlan, image_size_range: tuple[int, int]) -> RenderedStudy:
-    """Draw a study's case and report and render every image (no files are touched)."""
+def render_study(seed: int, plan: StudyPlan, image_size_range: tuple[int, int], report_voices: int = 0,
+                 fixed_sets: int = 0) -> RenderedStudy:
+    """Draw a study's case and report and render every image (no files are touched).
+
+    ``report_voices`` > 0 writes the report in one of that many voices (data_prep.phantom.voices),
+    with findings from ``fixed_sets`` fixed finding sets when > 0.
+    """
     rng = study_rng(seed, plan.index, 0)
-    case = sample_case(rng, prior=plan.study_in_patient > 0)
+    if report_voices:
+        sets = _finding_sets(seed, fixed_sets) if fixed_sets else None
+        case = voiced_case(rng, pick(rng, _voices(report_voices)), sets)
+    else:
+        case = sample_case(rng, prior=plan.study_in_patient > 0)
     report = render_report(rng, plan, case, non_ascii=bool(rng.random() < NON_ASCII_RATE))
     orientation = "Recumbent" if case.views == ("AP",) and rng.random() < 0.7 else "Erect"
     cardiomegaly = next((f.severity for f in case.findings if f.kind == "cardiomegaly"), None)
@@ -110,30 +123,38 @@ def render_study(seed: int, plan: StudyPlan, image_size_range: tuple[int, int]) 
     return RenderedStudy(plan, case, report, chexpert_labels(case), orientation, images)
 
 
+_voices = functools.lru_cache(maxsize=4)(make_voices)
+_finding_sets = functools.lru_cache(maxsize=4)(finding_sets)
+
+
 def study_dir(plan: StudyPlan) -> Path:
     """``files/p1X/pSSSSSSSS/sTTTTTTTT`` relative to the data set root."""
     subject = f"p{plan.subject_id}"
     return Path("files") / subject[:3] / subject / f"s{plan.study_id}"
 
 
-def image_annotation(plan: StudyPlan, image: RenderedImage) -> dict[str, Any]:
-    """The ``phantom_annotations.json`` entry of one image: one finding per CheXpert label it earns."""
+def image_annotation(plan: StudyPlan, image: RenderedImage, with_size_bucket: bool = False) -> dict[str, Any]:
+    """The ``phantom_annotations.json`` entry of one image: one finding per CheXpert label it earns.
+
+    ``with_size_bucket`` (voiced sets) adds each nodule's ``size_bucket``, which "identical findings" compares.
+    """
     findings = []
     for finding, mask in image.masks:
         rle, bbox = encode_rle(mask), mask_bbox(mask)
         for label in finding.labels:
-            findings.append(
-                {
-                    "label": label,
-                    "status": finding.status,
-                    "side": finding.side,
-                    "zone": finding.zone,
-                    "severity": finding.severity,
-                    "phrase": finding.phrase,
-                    "bbox": bbox,
-                    "mask_rle": rle,
-                }
-            )
+            entry = {
+                "label": label,
+                "status": finding.status,
+                "side": finding.side,
+                "zone": finding.zone,
+                "severity": finding.severity,
+                "phrase": finding.phrase,
+                "bbox": bbox,
+                "mask_rle": rle,
+            }
+            if with_size_bucket:
+                entry["size_bucket"] = size_bucket(finding.size_mm)
+            findings.append(entry)
     rows, cols = image.stored.shape
     return {"subject_id": plan.subject_id, "study_id": plan.study_id, "view": image.view,
             "rows": rows, "cols": cols, "findings": findings}  # fmt: skip
@@ -154,7 +175,8 @@ def _chexpert_downstream_row(plan: StudyPlan, study: RenderedStudy, j: int, imag
 def write_study(settings: Settings, plan: StudyPlan) -> StudyRecord:
     """Render one study and write its report, DICOMs, JPGs and downstream files; return its table rows."""
     out = Path(settings.out_dir)
-    study = render_study(settings.seed, plan, settings.image_size_range)
+    study = render_study(settings.seed, plan, settings.image_size_range, settings.report_voices,
+                         settings.finding_sets)
     folder = study_dir(plan)
     (out / folder).mkdir(parents=True, exist_ok=True)
     (out / folder.parent / f"{folder.name}.txt").write_text(study.report, encoding="utf-8")
@@ -177,7 +199,7 @@ def write_study(settings: Settings, plan: StudyPlan) -> StudyRecord:
              "ProcedureCodeSequence_CodeMeaning": exam, "ViewCodeSequence_CodeMeaning": VIEW_CODES[image.view][1],
              "PatientOrientationCodeSequence_CodeMeaning": study.orientation}  # fmt: skip
         )
-        record.annotations[image.dicom_id] = image_annotation(plan, image)
+        record.annotations[image.dicom_id] = image_annotation(plan, image, settings.report_voices > 0)
         if settings.downstream and plan.split != "validate":
             row = _chexpert_downstream_row(plan, study, j, image)
             target = out / "downstream" / "chexpert" / row["Path"]

@@ -25,7 +25,7 @@ class Batch:
     labels: torch.Tensor  # [B, 14] CheXpert values (unknown = 0)
     labels_known: torch.Tensor  # [B, 14] bool: which label values are known
     report_emb: torch.Tensor | None = None  # [B, Dr] float32 precomputed report embeddings, or None
-    findings: torch.Tensor | None = None  # reserved: a per-sample findings signature
+    findings: torch.Tensor | None = None  # [B] int64 findings signatures (pipeline.data.findings), or None
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from pipeline.data.batch import Batch
+from pipeline.data.findings import signatures_from_annotations
 
 
 @dataclass
@@ -30,11 +31,17 @@ def label_tensor(rows: list[list[float | None]]) -> tuple[torch.Tensor, torch.Te
 
 
 class Collator:
-    """Tokenises the texts (padded to ``max_length``) and stacks everything else into a :class:`Batch`."""
+    """Tokenises the texts (padded to ``max_length``) and stacks everything else into a :class:`Batch`.
 
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
+    With ``findings_annotations`` (a phantom set's annotation file) every batch carries the findings
+    signature of each sample (pipeline.data.findings), joined by dicom_id.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, findings_annotations: str | None = None) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.findings_annotations = findings_annotations
+        self.signatures = None if findings_annotations is None else signatures_from_annotations(findings_annotations)
 
     def tokenise(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """input_ids, attention_mask and word_ids ([B, L], -1 for specials and padding)."""
@@ -59,4 +66,15 @@ class Collator:
         labels, known = label_tensor([s.labels for s in samples])
         return Batch(keys=[s.key for s in samples], images=torch.stack([s.image for s in samples]),
                      input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                     word_ids=tokens["word_ids"], labels=labels, labels_known=known, report_emb=report_emb)
+                     word_ids=tokens["word_ids"], labels=labels, labels_known=known, report_emb=report_emb,
+                     findings=self.findings([s.key for s in samples]))
+
+    def findings(self, keys: list[str]) -> torch.Tensor | None:
+        """The findings signatures [B] int64 of ``keys`` (None without an annotation file)."""
+        if self.signatures is None:
+            return None
+        missing = [k for k in keys if k not in self.signatures]
+        if missing:
+            raise ValueError(f"samples {missing[:5]} are not in {self.findings_annotations} (data.findings_annotations "
+                             "must be the annotation file of the phantom set these shards were made from)")
+        return torch.tensor([self.signatures[k] for k in keys], dtype=torch.long)

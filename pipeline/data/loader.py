@@ -68,6 +68,7 @@ class DataConfig:
     shuffle_buffer: int
     shuffle_initial: int
     epoch_samples: int | None  # samples per epoch (default: the split's count)
+    findings_annotations: str | None  # a phantom set's phantom_annotations.json: batches carry findings signatures
     transform: TransformConfig
     reading: ReadingConfig
 

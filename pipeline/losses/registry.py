@@ -26,6 +26,7 @@ class LossInputs:
     logit_scales: dict[str, torch.Tensor]  # {"sia": 1/τ, "sta": 1/τ_f}
     report_emb: torch.Tensor | None = None  # [B, Dr] precomputed report embeddings
     labels: torch.Tensor | None = None  # [B, 14] CheXpert label values
+    findings: torch.Tensor | None = None  # [B] int64 findings signatures (phantom sets; pipeline.data.findings)
 
 
 @dataclass

@@ -35,6 +35,8 @@ SIMILARITY_SOURCES = ("precomputed", "online", "labels")
 _MIN_CENTER_SPAN = 1e-3
 
 CenterOffset = Callable[[torch.Tensor], torch.Tensor]
+# (detector's false-negative mask, paired mask), both local rows × N → the mask SIA uses.
+MaskOverride = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -45,6 +47,9 @@ class SiaTerms:
     eliminated_per_row: torch.Tensor  # mean over this rank's rows of #{j ≠ i : R_ij ≥ κ}
     global_size: int
     offdiagonal_mean: torch.Tensor | None  # global mean of the raw off-diagonal R (None if not computed)
+    false_negative: torch.Tensor | None = None  # [B, N] bool: the columns treated as false negatives
+    soft_target: torch.Tensor | None = None  # [B, N] softmax(R_i / τ_t) in soft mode
+    paired: torch.Tensor | None = None  # [B, N] bool: each row's own column
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -151,8 +156,12 @@ def sia_terms(
     soft_temperature: float | None = None,
     soft_identity_weight: float | None = None,
     center: CenterOffset | float | None = None,
+    false_negatives: MaskOverride | None = None,
 ) -> SiaTerms:
-    """SIA for this rank's rows with diagnostics; see :func:`sia_loss` for the arguments."""
+    """SIA for this rank's rows with diagnostics; see :func:`sia_loss` for the arguments.
+
+    ``false_negatives`` replaces the detector's mask (R ≥ κ) by another (the oracle and random arms).
+    """
     if mode not in SIA_MODES:
         raise ValueError(f"sia mode {mode!r} is not one of {list(SIA_MODES)}")
     if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
@@ -182,6 +191,8 @@ def sia_terms(
                 offset = center(offdiag) if callable(center) else center
                 similarity = torch.where(paired, similarity, center_similarity(similarity, offset))
             false_negative = (similarity >= threshold) & ~paired
+            if false_negatives is not None:
+                false_negative = false_negatives(false_negative, paired) & ~paired
             if mode == "soft":
                 soft_target = torch.softmax(similarity / soft_temperature, dim=-1)
 
@@ -195,7 +206,7 @@ def sia_terms(
             eliminated = torch.zeros((), device=image_emb.device)
         else:
             eliminated = false_negative.sum(dim=-1).float().mean()
-    return SiaTerms(loss, eliminated.detach(), layout.global_size, offdiag)
+    return SiaTerms(loss, eliminated.detach(), layout.global_size, offdiag, false_negative, soft_target, paired)
 
 
 def _similarity_source(

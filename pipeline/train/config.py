@@ -45,15 +45,12 @@ class ScheduleConfig:
     max_steps: Optional[int] = None  # stop (and end the schedule) after this many steps; 0: export the initial model
 
     def __post_init__(self) -> None:
-        if self.max_steps is not None and self.max_steps < 0:
-            raise ValueError(f"schedule.max_steps must be >= 0 or null, got {self.max_steps}")
-
-    def __post_init__(self) -> None:
         require([
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             (0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"),
-            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be null or >= 1, got {self.max_steps}"),
+            (self.max_steps is None or self.max_steps >= 0,
+             f"max_steps must be null or >= 0 (0: export the initial model), got {self.max_steps}"),
         ])
 
 

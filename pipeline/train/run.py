@@ -136,7 +136,7 @@ def build_run(cfg: PretrainConfig) -> TrainRun:
                    and cfg.engine.compile_mode in ("reduce-overhead", "max-autotune"))
     return TrainRun(
         cfg=cfg, env=env, device=device, shards=shards, tokenizer=tokenizer,
-        collator=Collator(tokenizer, cfg.model.text.max_length), engine=engine, ds_config=ds_config,
+        collator=Collator(tokenizer, cfg.model.text.max_length, cfg.data.findings_annotations), engine=engine, ds_config=ds_config,
         loss=loss.to(device), tracker=Tracker(cfg.tracking, folder, env.rank == 0), stop=StopRequest(),
         guard=BadStepGuard(cfg.faults.max_consecutive_bad_steps), run_dir=folder, ckpt_dir=checkpoint_dir(cfg),
         step_log=folder / STEP_LOG, steps_per_epoch=steps_per_epoch, total_steps=total_steps,

@@ -99,7 +99,7 @@ def _loss(loss: nn.Module, image: Any, text: Any, scales: dict[str, torch.Tensor
           hook: LossHook | None) -> ObjectiveResult:
     """Run the loss on (possibly concatenated) features with the batches' report embeddings and labels."""
     inputs = LossInputs(image, text, scales, report_emb=concat_optional(batches, "report_emb"),
-                        labels=concat_optional(batches, "labels"))
+                        labels=concat_optional(batches, "labels"), findings=concat_optional(batches, "findings"))
     result = loss(inputs)
     return result if hook is None else dataclasses.replace(result, loss=hook(result.loss))
 

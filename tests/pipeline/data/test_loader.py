@@ -34,7 +34,7 @@ def data_config(manifest_path: Path, **over) -> DataConfig:
     tree = {
         "manifest": str(manifest_path), "shard_root": None, "pattern": None, "num_samples": None,
         "train_split": "train", "val_split": "train", "batch_size": 4, "num_workers": 0, "prefetch_factor": 2,
-        "shuffle_buffer": 16, "shuffle_initial": 8, "epoch_samples": None,
+        "shuffle_buffer": 16, "shuffle_initial": 8, "epoch_samples": None, "findings_annotations": None,
         "transform": {
             "image_size": 16, "resize_size": 18, "crop_scale": [0.6, 1.0], "crop_ratio": [0.8, 1.25],
             "rotate_degrees": 5.0, "translate": 0.05, "scale": [0.95, 1.05], "brightness": 0.1, "contrast": 0.1,

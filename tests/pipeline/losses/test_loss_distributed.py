@@ -99,7 +99,8 @@ def run_case(case: str, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, di
     else:
         options = {
             "sia": {"mode": "soft", "similarity_source": "precomputed", "threshold": 0.9, "centering": True,
-                    "centering_momentum": 0.9, "warn_eliminated_fraction": 1.0, **SOFT},
+                    "centering_momentum": 0.9, "warn_eliminated_fraction": 1.0, **SOFT,
+                    "false_negatives": "detector", "random_seed": 0},
             "sta_token": {"threshold": None}, "sta_image": {"negatives": 4, "threshold": None},
         }
         cfg = config_from_dict(LossConfig, {"preset": "sista", "weights": {"sia": 1.0, "sta": 0.5, "sta_image": 0.7},

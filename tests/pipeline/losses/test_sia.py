@@ -164,3 +164,54 @@ def test_missing_inputs_are_named(batch):
         sia_loss(image, text, scale, mode="soft")
     with pytest.raises(ValueError, match="mode"):
         sia_loss(image, text, scale, mode="hard")
+
+
+# --------------------------------------------------------------------------- the detector against the truth
+
+
+def test_detector_scores_and_arms_on_a_hand_made_batch() -> None:
+    from pipeline.data.findings import tfn_mask
+    from pipeline.losses.fn_truth import detector_scores, random_like, soft_tfn_mass
+
+    sig = torch.tensor([1, 1, 2, 2, 3])
+    paired = torch.eye(5, dtype=torch.bool)
+    truth = tfn_mask(sig, sig, paired)  # TFNs: (0,1), (1,0), (2,3), (3,2)
+    predicted = torch.zeros(5, 5, dtype=torch.bool)
+    predicted[0, 1] = predicted[0, 2] = predicted[4, 0] = True  # one hit, two false alarms
+    scores = detector_scores(predicted, truth)
+    assert scores["tfn_per_row"].item() == pytest.approx(4 / 5)
+    assert scores["tfn_fraction"].item() == pytest.approx(4 / 5 / 4)
+    assert scores["fn_precision"].item() == pytest.approx(1 / 3)
+    assert scores["fn_recall"].item() == pytest.approx(1 / 4)
+    assert torch.isnan(detector_scores(torch.zeros_like(truth), truth)["fn_precision"])
+    soft = torch.full((5, 5), 0.1, dtype=torch.float64)
+    soft[0, 1] = 0.3  # row 0 off-pair mass 0.6, 0.3 on its TFN; rows 1-3: 0.1 of 0.4; row 4: 0
+    expected = (0.5 + 0.25 * 3 + 0.0) / 5
+    assert soft_tfn_mass(soft, truth, paired).item() == pytest.approx(expected)
+    drawn = random_like(predicted, paired, torch.Generator().manual_seed(0))
+    assert torch.equal(drawn.sum(dim=-1), predicted.sum(dim=-1)) and not (drawn & paired).any()
+
+
+def test_oracle_arm_eliminates_exactly_the_tfns() -> None:
+    from pipeline.losses.registry import LossContext, LossInputs
+    from pipeline.losses.terms.sia import SIA, SiaOptions
+
+    torch.manual_seed(0)
+    image, text = (torch.nn.functional.normalize(torch.randn(6, 8, dtype=torch.float64), dim=-1) for _ in range(2))
+    reports = torch.nn.functional.normalize(torch.randn(6, 5), dim=-1)
+    sig = torch.tensor([4, 4, 5, 6, 6, 6])
+    feats = lambda e: type("F", (), {"global_emb": e})()  # noqa: E731
+    base = dict(mode="eliminate", similarity_source="precomputed", threshold=2.0, soft_temperature=0.05,
+                soft_identity_weight=0.5, centering=False, centering_momentum=0.9, warn_eliminated_fraction=1.0,
+                random_seed=0)  # fmt: skip
+    inputs = LossInputs(feats(image), feats(text), {"sia": torch.tensor(10.0, dtype=torch.float64)},
+                        report_emb=reports, findings=sig)  # fmt: skip
+    oracle = SIA(SiaOptions(**base, false_negatives="oracle"), LossContext())(inputs)
+    assert oracle.scalars["fn_precision"].item() == 1.0 and oracle.scalars["fn_recall"].item() == 1.0
+    assert oracle.scalars["fn_eliminated_per_row"].item() == pytest.approx(8 / 6)
+    detector = SIA(SiaOptions(**base, false_negatives="detector"), LossContext())(inputs)
+    assert detector.scalars["fn_eliminated_per_row"].item() == 0.0 and detector.scalars["fn_recall"].item() == 0.0
+    assert oracle.loss.item() < detector.loss.item()
+    plain = SIA(SiaOptions(**base, false_negatives="detector"), LossContext())(
+        LossInputs(feats(image), feats(text), inputs.logit_scales, report_emb=reports))
+    assert torch.equal(plain.loss, detector.loss) and "fn_precision" not in plain.scalars

@@ -1,0 +1,26 @@
+"""The standalone detector scorer against a hand-made set."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.eval.sia_detector import score_detector
+
+
+def test_score_detector_on_a_hand_made_set() -> None:
+    # Samples 0,1 identical findings with identical words; 2,3 identical findings in different words (cos 0);
+    # 4 differs in findings but shares 0's words.
+    vectors = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    signatures = torch.tensor([1, 1, 2, 2, 3])
+    (row,) = score_detector(vectors, signatures, [0.99], centering=False, batch_size=5, batches=3, seed=0,
+                            soft_temperature=0.05)  # fmt: skip
+    # predicted pairs: (0,1), (0,4), (1,4) both ways = 6; true: (0,1), (2,3) both ways = 4; hits: 2
+    assert row["eliminated_per_row"] == pytest.approx(6 / 5)
+    assert row["tfn_per_row"] == pytest.approx(4 / 5)
+    assert row["fn_precision"] == pytest.approx(2 / 6) and row["fn_recall"] == pytest.approx(2 / 4)
+    (none,) = score_detector(vectors, signatures, [1.5], centering=True, batch_size=5, batches=1, seed=0,
+                             soft_temperature=0.05)  # fmt: skip
+    assert none["eliminated_per_row"] == 0.0 and math.isnan(none["fn_precision"]) and none["fn_recall"] == 0.0
