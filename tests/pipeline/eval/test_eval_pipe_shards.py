@@ -59,8 +59,14 @@ def test_a_remote_shard_that_differs_from_the_manifest_is_refused(shard_set: Pat
 
 def _context(tmp_path: Path, *overrides: str) -> EvalContext:
     """An evaluation context over configs/eval/base.yaml (no model: only the shard settings are used)."""
+    from pipeline.train.config import PretrainConfig
+    from pipeline.train.export import describe_export
+
     cfg = load_config(EvalConfig, REPO / "configs" / "eval" / "base.yaml", ["checkpoint=unused", *overrides])
-    return EvalContext(cfg=cfg, model=None, tokenizer=None, transform=None, device=torch.device("cpu"), out_dir=tmp_path)
+    trained = load_config(PretrainConfig, REPO / "configs" / "pretrain" / "tiny.yaml", ["data.manifest=null"])
+    export = describe_export(trained, None, None, None, tmp_path, None)  # no window recorded: the manifest's is used
+    return EvalContext(cfg=cfg, model=None, tokenizer=None, transform=None, device=torch.device("cpu"), out_dir=tmp_path,
+                       export=export)
 
 
 def test_dicom_sets_are_windowed_as_the_shards_record(tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ def test_eval_imports_nothing_from_the_trainer(repo_root: Path) -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_old_export_is_refused_then_upgraded(tmp_path: Path, repo_root: Path) -> None:
+def test_old_export_is_refused_then_upgraded(tmp_path: Path, repo_root: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri of earlier tests sets it
     from pipeline.train.config import PretrainConfig
     from pipeline.train.export import main as export_main
 

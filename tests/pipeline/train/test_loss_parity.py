@@ -1,8 +1,8 @@
 """Bit-identical per-step losses of a fixed 20-step tiny run (CPU, fp32, 2 ranks) against a recorded fixture.
 
 The fixture was recorded with the code before the contracts redesign (issue 13, commit 25ab0ee) under the
-pinned CPU kernels of ``train_helpers._env`` (AVX2 for ATen, MKL and oneDNN: without the pin an AVX-512/AMX
-machine differs from an AVX2 one in the last bits); a refactor that changes any loss by one ulp fails here. Re-record only for an intended change of the numbers, and say why in the commit:
+pinned CPU kernels that ``tests/conftest.py`` sets (AVX2 for ATen, MKL and oneDNN: without the pin an AVX-512/AMX
+machine differs from an AVX2 one in the last bits; set the same variables when recording with ``__main__``); a refactor that changes any loss by one ulp fails here. Re-record only for an intended change of the numbers, and say why in the commit:
 ``python tests/pipeline/train/test_loss_parity.py MANIFEST`` prints the fixture's JSON.
 """
 
