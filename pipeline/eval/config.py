@@ -115,7 +115,7 @@ class EvalDataConfig:
     ms_cxr: MsCxrDataConfig
     siim: SiimDataConfig
     object_cxr: ObjectCxrDataConfig
-    phantom_annotations: Optional[str] = None  # phantom_annotations.json of the phantom tree
+    phantom_annotations: Optional[str] = None  # phantom_annotations.json of the phantom tree (grounding, findings geometry)
 
 
 @dataclass

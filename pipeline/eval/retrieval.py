@@ -12,6 +12,12 @@ are every image's nearest neighbour, which can push R@1 below random ranking). *
 evaluation split and re-normalising (no labels used), which removes the common offset that makes
 the hubs. The standard, uncentred figures are the headline; the centred ones say how much of a
 low score is hubness rather than missing alignment.
+
+*Findings geometry* (phantom sets, ``data.phantom_annotations`` set): over all pairs of test samples,
+the AUROC with which the cosine of two reports' text embeddings (and of their images' embeddings)
+tells pairs with identical findings in different words (pipeline.data.findings) from pairs with
+different findings; pairs with identical findings and identical words are left out. False negatives
+that a contrastive loss pushes apart lower exactly this.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.data.findings import signatures_from_annotations
 from pipeline.eval import metrics
-from pipeline.eval.context import EvalContext, TaskResult, fmt
+from pipeline.eval.context import EvalContext, TaskResult, fmt, resolve_path
 
 QUERY_CHUNK = 1024  # queries scored at once: bounds memory to QUERY_CHUNK x n
 
@@ -101,6 +108,38 @@ def retrieval_metrics(
     return out
 
 
+def findings_geometry(
+    image_emb: np.ndarray, text_emb: np.ndarray, texts: Sequence[str], signatures: np.ndarray
+) -> dict:
+    """Pair-cosine AUROC, text and image: identical findings in different words (positive) vs different findings."""
+    signatures = np.asarray(signatures)
+    _, text_key = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
+    same_findings = signatures[:, None] == signatures[None, :]
+    paraphrase = same_findings & (text_key[:, None] != text_key[None, :])
+    scored = np.triu(paraphrase | ~same_findings, k=1)  # each unordered pair once, never a sample with itself
+    is_positive = paraphrase[scored]
+    out: dict = {"paraphrase_pairs": int(is_positive.sum()), "different_findings_pairs": int((~is_positive).sum())}
+    for name, emb in (("text", text_emb), ("image", image_emb)):
+        unit = emb.astype(np.float64)
+        unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+        value = metrics.auroc((unit @ unit.T)[scored], is_positive.astype(np.int64))
+        out[f"{name}_auroc"] = None if np.isnan(value) else value  # undefined without both kinds of pair
+    return out
+
+
+def shard_signatures(annotations: str | None, ids: Sequence[str]) -> np.ndarray | None:
+    """Findings signatures of shard samples from ``data.phantom_annotations`` (None when it is not set)."""
+    if annotations is None:
+        return None
+    path = resolve_path(annotations, "data.phantom_annotations")
+    sig_of = signatures_from_annotations(path)
+    missing = [i for i in ids if i not in sig_of]
+    if missing:
+        raise ValueError(f"{path}: test samples {missing[:5]} are not annotated (data.phantom_annotations must be "
+                         "the annotation file of the phantom set the shards were made from)")
+    return np.array([sig_of[i] for i in ids], dtype=np.int64)
+
+
 def run_retrieval(ctx: EvalContext) -> TaskResult:
     """Retrieval between the test split's images and their reports (training texts)."""
     shards = ctx.cfg.data.shards
@@ -113,6 +152,9 @@ def run_retrieval(ctx: EvalContext) -> TaskResult:
         n_boot=boot.n_boot, seed=boot.seed, level=boot.level,
     )
     result["split"] = shards.test_split
+    signatures = shard_signatures(ctx.cfg.data.phantom_annotations, data.ids)
+    if signatures is not None:
+        result["findings_geometry"] = findings_geometry(image_emb, text_emb, data.texts, signatures)
     table = []
     for direction in ("image_to_report", "report_to_image"):
         for relevance in ("label_set", "exact_pair"):
@@ -124,4 +166,10 @@ def run_retrieval(ctx: EvalContext) -> TaskResult:
             table.append((f"{direction} label_set {k}, centred (diagnostic)", *fmt(value)))
         table.append((f"{direction}: largest share of queries with one same top-1 (hubness)",
                       *fmt(result["largest_top1_share"][direction])))
+    if "findings_geometry" in result:
+        geometry = result["findings_geometry"]
+        pairs = f"{geometry['paraphrase_pairs']} vs {geometry['different_findings_pairs']} pairs"
+        for name in ("text", "image"):
+            table.append((f"findings geometry: {name} cosine AUROC, same findings in other words vs different "
+                          f"findings ({pairs})", *fmt(geometry[f"{name}_auroc"])))
     return TaskResult("retrieval", result, table)
