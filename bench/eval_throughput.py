@@ -35,8 +35,8 @@ from pipeline.eval.linear_probe import fit_linear, weighted_probe_metric
 from pipeline.logging_setup import setup_logging
 from pipeline.models import ImageEncoderConfig
 from pipeline.models.image_encoder import ImageEncoder
+from pipeline.resources import default_config
 
-REPO = Path(__file__).resolve().parents[1]
 TRANSFORM = {
     "image_size": 224, "resize_size": 256, "crop_scale": [0.6, 1.0], "crop_ratio": [0.75, 1.33],
     "rotate_degrees": 0.0, "translate": 0.0, "scale": [1.0, 1.0], "brightness": 0.0, "contrast": 0.0,
@@ -58,7 +58,7 @@ def make_shards(root: Path, studies: int) -> Path:
 
     make_phantoms(root / "phantoms", studies=studies, seed=0, workers=2, image_size_range=(384, 512),
                   split_fractions=(0.6, 0.2, 0.2))
-    code = shard_main(["--config", str(REPO / "configs/data/phantom.yaml"), "--mimic-root", str(root / "phantoms"),
+    code = shard_main(["--config", str(default_config("data/phantom.yaml")), "--mimic-root", str(root / "phantoms"),
                        "--out", str(root / "shards"), "--workers", "2"])
     if code != 0:
         raise SystemExit(f"sharding failed with exit code {code}")
@@ -100,7 +100,7 @@ def bench_probe(shards: Path) -> None:
     torch.manual_seed(0)
     model = TowerOnly().eval()
     transform = config_from_dict(TransformConfig, {**TRANSFORM, "image_size": 224}, "bench")
-    tree, _ = load_yaml_tree(REPO / "configs/eval/phantom_all.yaml")
+    tree, _ = load_yaml_tree(default_config("eval/phantom_all.yaml"))
     labels = tree["data"]["shards"]["labels"]
     feats, targets = {}, {}
     for split in ("train", "test"):
@@ -147,7 +147,7 @@ def bench_dense(root: Path, count: int) -> None:
     from pipeline.shard_format import WindowSettings
 
     write_dense_sets(root / "dense", seed=0, count=count, size_range=(256, 320))
-    dense = load_config(EvalConfig, REPO / "configs/eval/base.yaml", ["checkpoint=unused"]).dense
+    dense = load_config(EvalConfig, default_config("eval/base.yaml"), ["checkpoint=unused"]).dense
     dense.epochs, size = 1, 224
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     transform = config_from_dict(TransformConfig, TRANSFORM, "bench")

@@ -39,9 +39,7 @@ from pipeline.losses import (
     sta_loss,
 )
 from pipeline.losses.reference import sta_loop_reference
-
-REPO = Path(__file__).resolve().parents[1]
-
+from pipeline.resources import default_config
 
 DEVICE = torch.device("cpu")
 
@@ -120,7 +118,7 @@ def bench_step(batch: int, steps: int) -> dict[str, float]:
     from pipeline.models.sista_model import SistaModel
     from pipeline.models.text_encoder import TextEncoder
 
-    tree, _ = load_yaml_tree(REPO / "configs/pretrain/base.yaml")
+    tree, _ = load_yaml_tree(default_config("pretrain/base.yaml"))
     model_tree = tree["model"]
     model_tree["image"]["pretrained"] = "none"
     model_tree["text"].update(name=None, tiny={"num_hidden_layers": 6, "vocab_size": 28996})

