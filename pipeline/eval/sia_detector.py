@@ -74,8 +74,9 @@ def score_detector(
     gen = torch.Generator().manual_seed(seed)
     paired = torch.eye(size, dtype=torch.bool)
     layout = RowLayout(0, 1, (size,))
-    counts = {k: torch.zeros((), dtype=torch.float64) for k in ("hits", "chosen", "true", "rows", "mass")}
-    per_threshold = [dict(counts) for _ in thresholds]
+    # one fresh set of counters per κ (the += below is in place: shared tensors would pool every κ)
+    per_threshold = [{k: torch.zeros((), dtype=torch.float64) for k in ("hits", "chosen", "true", "rows", "mass")}
+                     for _ in thresholds]  # fmt: skip
     for _ in range(batches):
         index = torch.randperm(n, generator=gen)[:size]
         similarity = similarity_rows(vectors[index], layout, torch.float64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,10 @@ def file_stamp(path: Path) -> dict[str, Any]:
 
 
 def content_digest(path: Path) -> str:
-    """Hex sha256 of a small file's bytes, or ``error:<type>`` when it cannot be read."""
+    """Hex sha256 of a small regular file's bytes, or ``error:<why>`` when it cannot be read (a FIFO is never opened)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return "error:not_regular_file"
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError as err:
         return f"error:{type(err).__name__}"

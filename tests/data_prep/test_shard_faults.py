@@ -70,17 +70,18 @@ def test_short_malformed_and_duplicate_rows_are_skips(small, tmp_path):
 
 
 def test_fifo_and_extreme_aspect_ratio_are_skipped(small, tmp_path):
-    """A .dcm that is a FIFO never blocks; a 1 x 200 px image is skipped with the limit named."""
+    """A .dcm or a report that is a FIFO never blocks; a 1 x 200 px image is skipped with the limit named."""
     layout = copy_layout(small, tmp_path / "m")
-    fifo_id, thin_id = layout.frontal["train"][0], layout.frontal["train"][1]
-    fifo = layout.dicom_path(fifo_id)
-    fifo.unlink()
-    os.mkfifo(fifo)
+    fifo_id, thin_id, fifo_report_id = layout.frontal["train"][0], layout.frontal["train"][1], layout.frontal["test"][0]
+    for fifo in (layout.dicom_path(fifo_id), layout.report_path(fifo_report_id)):
+        fifo.unlink()
+        os.mkfifo(fifo)
     write_dicom(layout.dicom_path(thin_id), chest_brightness(4, 200, seed=1))
     out = tmp_path / "out"
     assert sharder.main(_args(layout, out, "max_aspect_ratio=4.0")) == 0
     skips = _skips(out)
     assert skips[fifo_id] == "not_regular_file" and skips[thin_id] == "extreme_aspect_ratio"
+    assert skips[fifo_report_id] == "not_regular_file"
     detail = next(r["detail"] for r in csv.DictReader(io.StringIO((out / "skipped.csv").read_text())) if r["id"] == thin_id)
     assert "max_aspect_ratio 4.0" in detail
 

@@ -24,3 +24,15 @@ def test_score_detector_on_a_hand_made_set() -> None:
     (none,) = score_detector(vectors, signatures, [1.5], centering=True, batch_size=5, batches=1, seed=0,
                              soft_temperature=0.05)  # fmt: skip
     assert none["eliminated_per_row"] == 0.0 and math.isnan(none["fn_precision"]) and none["fn_recall"] == 0.0
+
+
+def test_each_threshold_has_its_own_counts() -> None:
+    # Several κ in one call score exactly as each κ alone (counters were once shared across κ).
+    vectors = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    signatures = torch.tensor([1, 1, 2, 2, 3])
+    common = {"centering": False, "batch_size": 5, "batches": 2, "seed": 0, "soft_temperature": 0.05}
+    together = score_detector(vectors, signatures, [0.5, 0.99, 1.5], **common)
+    alone = [score_detector(vectors, signatures, [k], **common)[0] for k in (0.5, 0.99, 1.5)]
+    assert [r["eliminated_per_row"] for r in together] == [r["eliminated_per_row"] for r in alone]
+    # κ 0.5 also takes sample 3 (cos 0.71 with every other sample): 6 + 8 ordered pairs
+    assert [r["eliminated_per_row"] for r in together] == pytest.approx([14 / 5, 6 / 5, 0.0])

@@ -37,3 +37,16 @@ def test_shards_without_embeddings_name_the_option(train_manifest, tmp_path):
     check_data_fits(cfg, shards, loss)  # these shards have embeddings
     with pytest.raises(ShardError, match=r"loss\.options\.sia\.similarity_source=online"):
         check_data_fits(cfg, dataclasses.replace(shards, report_embeddings=False), loss)
+
+
+def test_resume_with_another_world_size_is_one_line_exit_2(train_manifest, tmp_path):
+    """A checkpoint of 1 rank resumed by 2: every rank says so in one line (no traceback) and exits 2."""
+    from train_helpers import finish, spawn_ranks, tiny_overrides
+
+    run_dir = tmp_path / "w1"
+    over = tiny_overrides(train_manifest, run_dir, schedule__max_steps=2, checkpoint__every_steps=2)
+    assert [code for code, _ in finish(spawn_ranks(over, nproc=1))] == [0]
+    results = finish(spawn_ranks(tiny_overrides(train_manifest, run_dir, schedule__max_steps=4), nproc=2))
+    for code, out in results:
+        assert code == 2 and "Traceback" not in out, out[-3000:]
+        assert "was written by 1 ranks but this job has 2" in out and "resume with the same number" in out
