@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,11 @@ class PretrainJob(submitit.helpers.Checkpointable):
         """Export this task's distributed environment, record the attempt, train; requeue if preempted."""
         task = job_env.from_submitit(self.slurm.master_port)
         job_env.export(task)
+        setup_logging(task.rank, task.world_size, all_ranks=True)  # every rank says where it landed
+        host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()  # SLURM's node name, not the OS's
+        log.info("job %s attempt %d: rank %d/%d (local %d) on %s, rendezvous %s:%d", task.job_id, self.attempt,
+                 task.rank, task.world_size, task.local_rank, host, task.master_addr, task.master_port)
         setup_logging(task.rank, task.world_size)
-        log.info("job %s attempt %d: rank %d/%d (local %d) rendezvous %s:%d", task.job_id, self.attempt,
-                 task.rank, task.world_size, task.local_rank, task.master_addr, task.master_port)
         if self.mlflow is not None and task.rank == 0:
             pretrain_run.record_attempt(self.mlflow, task.job_id)
         with PreemptionRelay() as relay:
