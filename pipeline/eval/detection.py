@@ -102,7 +102,8 @@ def run_detection(ctx: EvalContext) -> TaskResult:
                                        "train_images_per_s": fitted.train_images_per_s}  # fmt: skip
             table.append((f"{name} mAP @ {tag} labels (n={len(train)})", *fmt(value, None if ci is None else list(ci))))
             if fraction == dense.fractions[-1]:
-                shown = (scored + [i for i in range(len(test)) if i not in set(scored)])[: dense.figure_images]
+                with_boxes = set(scored)  # images with true boxes first, then the others
+                shown = (scored + [i for i in range(len(test)) if i not in with_boxes])[: dense.figure_images]
                 figures.append(dense_grid(
                     [{"image": test.images[i, 0].numpy(), "truth": test.boxes[i].numpy(),
                       "predicted": predicted[i][0].numpy()} for i in shown],
