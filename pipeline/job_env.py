@@ -14,8 +14,10 @@ an in-memory store; ranks rendezvousing at a loopback address use gloo on ``lo``
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
+import multiprocessing
 import os
 import re
 import signal
@@ -23,6 +25,7 @@ import socket
 import zlib
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event
 
 import torch
 import torch.distributed as dist
@@ -235,7 +238,32 @@ def require_world(expected: int, what: str, hint: str = "", actual: int | None =
         raise WorldSizeError(f"{what} was written by {expected} ranks but this job has {actual}" + (f"; {hint}" if hint else ""))
 
 
-def ignore_stop_signals() -> None:
-    """Leave the stop signals to the main process (call in helper processes such as loader workers)."""
+_helper_release: Event | None = None
+
+
+def helper_release() -> Event:
+    """This process's release flag for its helpers that ignore stop signals: set when it exits.
+
+    ``multiprocessing`` ends daemonic children at exit with SIGTERM, then joins them; a helper that
+    ignored the TERM would hang that join forever, so helpers honour it once this flag is set.
+    """
+    global _helper_release
+    if _helper_release is None:
+        _helper_release = multiprocessing.get_context().Event()
+        atexit.register(_helper_release.set)  # registered after multiprocessing's own: runs before it
+    return _helper_release
+
+
+def ignore_stop_signals(release: Event | None = None) -> None:
+    """Leave the stop signals to the main process (call in helper processes such as loader workers).
+
+    With ``release`` (from the parent's :func:`helper_release`), a stop signal that arrives once the
+    parent is exiting ends the helper as usual.
+    """
+    def on_stop(signum: int, _frame: object) -> None:
+        if release is not None and release.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
     for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, signal.SIG_IGN if release is None else on_stop)

@@ -15,6 +15,7 @@ samples (tar reading only, no decoding) before continuing the identical stream.
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import logging
@@ -46,7 +47,7 @@ from pipeline.data.transforms import (
     sample_generator,
     train_transform,
 )
-from pipeline.job_env import ignore_stop_signals
+from pipeline.job_env import helper_release, ignore_stop_signals
 from pipeline.shard_format import IMAGE_EXTENSIONS, REPORT_EMBEDDING_MEMBER, image_extension, read_sample_meta
 
 log = logging.getLogger(__name__)
@@ -279,14 +280,15 @@ def batch_samples(samples: Iterator[Sample], size: int, collate: Collator) -> It
             batch = []
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(_: int, release: Any = None) -> None:
     """One intra-op thread per loader worker (the main process owns the cores); stop signals go to the main process.
 
     ``scancel``/``timeout`` signal the whole process group: a worker that died of it would take the
-    rank down before it could checkpoint. The main process shuts its workers down itself.
+    rank down before it could checkpoint. The main process shuts its workers down itself: when its
+    iterator ends or is closed, and at its exit (``release``).
     """
     torch.set_num_threads(1)
-    ignore_stop_signals()
+    ignore_stop_signals(release)
 
 
 class EpochLoader:
@@ -307,7 +309,7 @@ class EpochLoader:
             batch_size=None,
             num_workers=cfg.num_workers,
             prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
-            worker_init_fn=_worker_init if cfg.num_workers > 0 else None,
+            worker_init_fn=functools.partial(_worker_init, release=helper_release()) if cfg.num_workers > 0 else None,
             generator=gen,
             in_order=True,
             pin_memory=pin_memory,
@@ -323,19 +325,28 @@ class EpochLoader:
         return sum(self.position.corrupt)
 
     def __iter__(self) -> Iterator[Batch]:
+        batches = self._batches()
         try:
-            for batch, _ in self._batches():
+            for batch, _ in batches:
                 yield batch
         except NoReadableShard as err:  # from a loader worker: its message carries the worker's traceback
             last = str(err).strip().splitlines()[-1]
             raise NoReadableShard(last.split(f"{NoReadableShard.__name__}: ", 1)[-1]) from None
+        finally:
+            batches.close()
 
     def _batches(self) -> Iterator[tuple[Batch, tuple[int, int, int]]]:
-        for batch, (worker, cursor, corrupt) in self.loader:
-            self.position.micro_batches += 1
-            self.position.cursors[worker] = cursor
-            self.position.corrupt[worker] = corrupt
-            yield batch, (worker, cursor, corrupt)
+        batches = iter(self.loader)
+        try:
+            for batch, (worker, cursor, corrupt) in batches:
+                self.position.micro_batches += 1
+                self.position.cursors[worker] = cursor
+                self.position.corrupt[worker] = corrupt
+                yield batch, (worker, cursor, corrupt)
+        finally:
+            # The only reference: dropping it shuts the workers down now, even while an exception's
+            # traceback (kept by a caller) still holds this frame.
+            del batches
 
 
 def build_epoch_loader(

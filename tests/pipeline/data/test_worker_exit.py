@@ -1,0 +1,52 @@
+"""Loader workers ignore stop signals (they belong to the rank), yet never outlive or hang their process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+LEAKED_ITERATOR = textwrap.dedent("""
+    import multiprocessing, sys
+    sys.path.insert(0, sys.argv[2])
+    from test_loader import data_config, tokenizer
+    from pipeline.data import Collator, DataPosition, build_epoch_loader, resolve_shards
+
+    cfg = data_config(sys.argv[1], num_workers=1)
+    shards = resolve_shards(cfg.train_split, manifest=cfg.manifest)
+    loader = build_epoch_loader(shards, cfg, Collator(tokenizer(), 12), rank=0, world_size=1, seed=0,
+                                accumulation=1, start=DataPosition(0))
+    LEAKED = iter(loader)  # a caller that never closes it, kept alive until the interpreter exits
+    next(LEAKED)
+    assert multiprocessing.active_children(), "expected a live loader worker"
+    print("worker alive; exiting", flush=True)
+""")
+
+
+def test_process_exits_with_a_leaked_loader_iterator(tiny_shards, tmp_path: Path):
+    """multiprocessing ends daemonic workers at exit with SIGTERM and joins them: an ignored TERM hung that join."""
+    manifest = tiny_shards(32, 8)
+    done = subprocess.run([sys.executable, "-c", LEAKED_ITERATOR, str(manifest), str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "worker alive; exiting" in done.stdout
+
+
+def test_closing_the_epoch_iterator_ends_its_workers(tiny_shards):
+    """Closing the iterator (what the trainer does on every path) shuts the workers down at once."""
+    import multiprocessing
+
+    from test_loader import data_config, tokenizer
+
+    from pipeline.data import Collator, DataPosition, build_epoch_loader, resolve_shards
+
+    cfg = data_config(tiny_shards(32, 8), num_workers=1)
+    shards = resolve_shards(cfg.train_split, manifest=cfg.manifest)
+    loader = build_epoch_loader(shards, cfg, Collator(tokenizer(), 12), rank=0, world_size=1, seed=0,
+                                accumulation=1, start=DataPosition(0))
+    batches = iter(loader)
+    next(batches)
+    assert multiprocessing.active_children()
+    batches.close()
+    assert not multiprocessing.active_children()
