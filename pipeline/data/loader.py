@@ -22,6 +22,7 @@ import logging
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from multiprocessing.synchronize import Event
 from typing import Any
 
 import numpy as np
@@ -280,7 +281,7 @@ def batch_samples(samples: Iterator[Sample], size: int, collate: Collator) -> It
             batch = []
 
 
-def _worker_init(_: int, release: Any = None) -> None:
+def _worker_init(_: int, release: Event | None = None) -> None:
     """One intra-op thread per loader worker (the main process owns the cores); stop signals go to the main process.
 
     ``scancel``/``timeout`` signal the whole process group: a worker that died of it would take the
