@@ -1,13 +1,14 @@
 """Submit SISTA pre-training to SLURM with submitit: one task per GPU, preemption-safe, one MLflow run.
 
     python launch/slurm_pretrain.py --config configs/pretrain/<name>.yaml \\
-        --slurm configs/slurm/<cluster>.yaml [key=value ...] [slurm.key=value ...] [--dry-run]
+        --slurm configs/slurm/<cluster>.yaml [key=value ...] [slurm.key=value ...] [--dry-run | --wait]
 
 ``key=value`` overrides go to the training config, ``slurm.key=value`` to the SLURM config.
 Inside the job every task exports its rank, local rank, world size and rendezvous address, then
 runs ``pipeline.train`` in-process. Before the time limit (or on preemption) the trainer saves a
 checkpoint, and the job requeues itself with ``checkpoint.resume=latest`` up to ``max_requeues`` times; every
-attempt logs into the same MLflow run and records its SLURM job id there.
+attempt logs into the same MLflow run and records its SLURM job id there. ``--wait`` waits for the
+whole job, requeues included, and exits 1 when it failed or ended without finishing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from launch.slurm_config import (
     split_overrides,
 )
 from launch.slurm_preflight import preflight
-from launch.slurm_submit import log_paths, make_executor, render_sbatch
+from launch.slurm_submit import log_paths, make_executor, render_sbatch, wait_for
 from pipeline import job_env
 from pipeline.config import ConfigError, to_yaml
 from pipeline.logging_setup import setup_logging
@@ -71,19 +72,25 @@ class PretrainJob(submitit.helpers.Checkpointable):
         parameters it logs into the (same) MLflow run do not change value.
         """
         overrides = [*self.overrides, *(self.mlflow.overrides() if self.mlflow is not None else [])]
-        requeued = self.attempt > 0 or int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+        requeued = self.attempt > 0 or job_env.slurm_restart_count() > 0
         if requeued and pretrain_run.has_checkpoint(pretrain_run.load_train_config(self.config_path, self.overrides)):
             return [*overrides, RESUME_LATEST]
         return overrides
 
     def __call__(self) -> int:
-        """Export this task's distributed environment, record the attempt, train; requeue if preempted."""
+        """Export this task's distributed environment, record the attempt, train; requeue if preempted.
+
+        A task whose trainer stopped before its end (preemption, ``scancel``, a requeue by the scheduler)
+        exits without a result: only an attempt that finishes may report one, so that a client waiting
+        for the job (``--wait``) sees the requeued attempt's outcome, or the job's end state when none follows.
+        """
         task = job_env.from_submitit(self.slurm.master_port)
         job_env.export(task)
         setup_logging(task.rank, task.world_size, all_ranks=True)  # every rank says where it landed
         host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()  # SLURM's node name, not the OS's
-        log.info("job %s attempt %d: rank %d/%d (local %d) on %s, rendezvous %s:%d", task.job_id, self.attempt,
-                 task.rank, task.world_size, task.local_rank, host, task.master_addr, task.master_port)
+        log.info("job %s attempt %d (SLURM_RESTART_COUNT=%d): rank %d/%d (local %d) on %s, rendezvous %s:%d",
+                 task.job_id, self.attempt, job_env.slurm_restart_count(), task.rank, task.world_size,
+                 task.local_rank, host, task.master_addr, task.master_port)
         setup_logging(task.rank, task.world_size)
         if self.mlflow is not None and task.rank == 0:
             pretrain_run.record_attempt(self.mlflow, task.job_id)
@@ -91,6 +98,9 @@ class PretrainJob(submitit.helpers.Checkpointable):
             result = run_trainer(self.config_path, self.trainer_overrides())
         if relay.preempted and task.rank == 0:
             relay.hand_over()  # submitit: checkpoint() -> resubmission pickled -> requeue -> exit
+        if relay.unfinished is not None:
+            raise SystemExit(f"job {task.job_id} rank {task.rank}: the trainer stopped before its end "
+                             f"({relay.unfinished}) after saving a checkpoint; this attempt reports no result")
         return result
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
@@ -157,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     if job.mlflow is not None:
         print(f"mlflow: run {job.mlflow.run_id} in experiment '{job.mlflow.experiment}' at {job.mlflow.tracking_uri}")
         print(f"        open the UI with: mlflow ui --backend-store-uri {job.mlflow.tracking_uri}")
+    if args.wait:
+        print(f"waiting for job {submitted.job_id} (through its requeues)", flush=True)
+        if wait_for(submitted, "job"):
+            return 1
+        print(f"done: job {submitted.job_id} finished")
     return 0
 
 
