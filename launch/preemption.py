@@ -7,6 +7,10 @@ on every rank, asks the trainer in this process to stop (``pipeline.train.faults
 finish the step, save a checkpoint collectively, return; a request made while the trainer is still
 starting up waits for it), and once the trainer has returned hands the signal to submitit's handler
 on rank 0, which calls ``checkpoint()`` and requeues the job.
+
+The relay also tells the job whether the trainer stopped before its end (on this signal, or on a stop
+signal such as the ``SIGTERM`` of ``scancel`` or of a requeue by the scheduler): such a task must not
+report a result, or a client waiting for the job would take the interrupted attempt for its outcome.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import submitit
 
-from pipeline.train.faults import request_stop, withdraw_stop_request
+from pipeline.train.faults import request_stop, take_unfinished, withdraw_stop_request
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +36,19 @@ class PreemptionRelay:
     def __init__(self) -> None:
         self.signal = submitit.JobEnvironment._usr_sig()
         self.received: int | None = None
+        self.unfinished: str | None = None  # why the trainer stopped before its end (set on exit)
         self._submitit_handler: Handler = None
 
     def __enter__(self) -> PreemptionRelay:
         self._submitit_handler = signal.getsignal(self.signal)
         signal.signal(self.signal, self._relay)
+        take_unfinished()  # an earlier trainer's stop is not this one's
         return self
 
     def __exit__(self, *exc: object) -> None:
         signal.signal(self.signal, self._submitit_handler or signal.SIG_DFL)
         withdraw_stop_request()  # the trainer never started: its request must not stop a later one
+        self.unfinished = take_unfinished()
 
     def _relay(self, signum: int, frame: types.FrameType | None) -> None:
         """Remember the signal and ask the trainer running in this process to stop."""

@@ -1,13 +1,14 @@
 """Submit SISTA pre-training to SLURM with submitit: one task per GPU, preemption-safe, one MLflow run.
 
     python launch/slurm_pretrain.py --config configs/pretrain/<name>.yaml \\
-        --slurm configs/slurm/<cluster>.yaml [key=value ...] [slurm.key=value ...] [--dry-run]
+        --slurm configs/slurm/<cluster>.yaml [key=value ...] [slurm.key=value ...] [--dry-run | --wait]
 
 ``key=value`` overrides go to the training config, ``slurm.key=value`` to the SLURM config.
 Inside the job every task exports its rank, local rank, world size and rendezvous address, then
 runs ``pipeline.train`` in-process. Before the time limit (or on preemption) the trainer saves a
 checkpoint, and the job requeues itself with ``checkpoint.resume=latest`` up to ``max_requeues`` times; every
-attempt logs into the same MLflow run and records its SLURM job id there.
+attempt logs into the same MLflow run and records its SLURM job id there. ``--wait`` waits for the
+whole job, requeues included, and exits 1 when it failed or ended without finishing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import submitit
 
@@ -31,7 +32,7 @@ from launch.slurm_config import (
     split_overrides,
 )
 from launch.slurm_preflight import preflight
-from launch.slurm_submit import log_paths, make_executor, render_sbatch
+from launch.slurm_submit import log_paths, make_executor, render_sbatch, wait_for
 from pipeline import job_env
 from pipeline.config import ConfigError, to_yaml
 from pipeline.logging_setup import setup_logging
@@ -54,6 +55,19 @@ def run_trainer(config_path: str, overrides: list[str]) -> int:
     return 0
 
 
+def exit_at_once(code: int) -> NoReturn:
+    """End this task now with ``code``, its logs flushed, skipping the interpreter's teardown.
+
+    With torch, DeepSpeed and MLflow loaded that teardown (garbage collection, module clean-up) takes
+    ~10 s on a loaded machine, and a requeued job restarts only once every task has exited. Call it
+    only when the trainer has returned: its checkpoint is complete and its MLflow run ended.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 @dataclasses.dataclass
 class PretrainJob(submitit.helpers.Checkpointable):
     """The callable every task of the job runs; pickled by submitit, requeued through ``checkpoint()``."""
@@ -71,26 +85,39 @@ class PretrainJob(submitit.helpers.Checkpointable):
         parameters it logs into the (same) MLflow run do not change value.
         """
         overrides = [*self.overrides, *(self.mlflow.overrides() if self.mlflow is not None else [])]
-        requeued = self.attempt > 0 or int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+        requeued = self.attempt > 0 or job_env.slurm_restart_count() > 0
         if requeued and pretrain_run.has_checkpoint(pretrain_run.load_train_config(self.config_path, self.overrides)):
             return [*overrides, RESUME_LATEST]
         return overrides
 
     def __call__(self) -> int:
-        """Export this task's distributed environment, record the attempt, train; requeue if preempted."""
+        """Export this task's distributed environment, record the attempt, train; requeue if preempted.
+
+        A task whose trainer stopped before its end (preemption, ``scancel``, a requeue by the scheduler)
+        exits without a result: only an attempt that finishes may report one, so that a client waiting
+        for the job (``--wait``) sees the requeued attempt's outcome, or the job's end state when none follows.
+        """
         task = job_env.from_submitit(self.slurm.master_port)
         job_env.export(task)
         setup_logging(task.rank, task.world_size, all_ranks=True)  # every rank says where it landed
         host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()  # SLURM's node name, not the OS's
-        log.info("job %s attempt %d: rank %d/%d (local %d) on %s, rendezvous %s:%d", task.job_id, self.attempt,
-                 task.rank, task.world_size, task.local_rank, host, task.master_addr, task.master_port)
+        log.info("job %s attempt %d (SLURM_RESTART_COUNT=%d): rank %d/%d (local %d) on %s, rendezvous %s:%d",
+                 task.job_id, self.attempt, job_env.slurm_restart_count(), task.rank, task.world_size,
+                 task.local_rank, host, task.master_addr, task.master_port)
         setup_logging(task.rank, task.world_size)
         if self.mlflow is not None and task.rank == 0:
             pretrain_run.record_attempt(self.mlflow, task.job_id)
         with PreemptionRelay() as relay:
             result = run_trainer(self.config_path, self.trainer_overrides())
         if relay.preempted and task.rank == 0:
-            relay.hand_over()  # submitit: checkpoint() -> resubmission pickled -> requeue -> exit
+            try:
+                relay.hand_over()  # submitit: checkpoint() -> resubmission pickled -> requeue -> sys.exit
+            except SystemExit as requeued:
+                exit_at_once(requeued.code if isinstance(requeued.code, int) else 1)
+        if relay.unfinished is not None:
+            log.warning("job %s rank %d: the trainer stopped before its end (%s) after saving a checkpoint; "
+                        "this attempt reports no result", task.job_id, task.rank, relay.unfinished)
+            exit_at_once(1)
         return result
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
@@ -157,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     if job.mlflow is not None:
         print(f"mlflow: run {job.mlflow.run_id} in experiment '{job.mlflow.experiment}' at {job.mlflow.tracking_uri}")
         print(f"        open the UI with: mlflow ui --backend-store-uri {job.mlflow.tracking_uri}")
+    if args.wait:
+        print(f"waiting for job {submitted.job_id} (through its requeues)", flush=True)
+        if wait_for(submitted, "job"):
+            return 1
+        print(f"done: job {submitted.job_id} finished")
     return 0
 
 

@@ -32,7 +32,7 @@ from launch.slurm_config import (
     split_overrides,
 )
 from launch.slurm_preflight import preflight
-from launch.slurm_submit import log_paths, make_executor, render_sbatch
+from launch.slurm_submit import log_paths, make_executor, render_sbatch, wait_for
 from pipeline.config import ConfigError, load_config, to_yaml
 from pipeline.logging_setup import setup_logging
 
@@ -148,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"logs:   {stdout} (one per array task)\n        {log_paths(merge)[0]}")
     print(f"output: {cfg.out}/manifest.json once the merge job has finished")
     if args.wait:
-        try:
-            merge.result()
-        except Exception as err:  # submitit re-raises the merge job's error, whatever its type
-            print(f"merge job {merge.job_id} failed: {err}", file=sys.stderr)
+        if wait_for(merge, "merge job"):
             return 1
         print(f"done: {cfg.out}/manifest.json")
     return 0

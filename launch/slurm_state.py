@@ -15,6 +15,12 @@ from submitit.core import logger
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
 GONE = "GONE"  # no longer known to the controller and no accounting to ask: ended, outcome unknown
+# States of a job that has not ended (squeue(1), "JOB STATE CODES"), plus submitit's own READY and UNKNOWN.
+# submitit's list lacks SUSPENDED, REQUEUE_HOLD, STOPPED...: it would take a suspended job for a finished one.
+UNFINISHED = frozenset({
+    "READY", "UNKNOWN", "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING",
+    "STAGE_OUT", "RESIZING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT", "RESV_DEL_HOLD", "PREEMPTED",
+})
 
 
 def queue_info(watcher: SlurmInfoWatcher, job_ids: set[str]) -> dict[str, dict[str, str]]:
@@ -33,7 +39,11 @@ def queue_info(watcher: SlurmInfoWatcher, job_ids: set[str]) -> dict[str, dict[s
 
 
 class QueueWatcher(SlurmInfoWatcher):
-    """submitit's watcher, falling back on ``squeue`` when ``sacct`` fails."""
+    """submitit's watcher, falling back on ``squeue`` when ``sacct`` fails; a suspended or held job is not done."""
+
+    def is_done(self, job_id: str, mode: str = "standard") -> bool:
+        """Whether the job has ended (any state but those of ``UNFINISHED``)."""
+        return self.get_state(job_id, mode=mode).upper() not in UNFINISHED
 
     def update(self) -> None:
         """Refresh the state of every registered, unfinished job."""

@@ -87,3 +87,17 @@ def render_sbatch(cfg: SlurmConfig, workdir: Path, *, array_size: int | None = N
 def log_paths(job: submitit.Job) -> tuple[Path, Path]:
     """The stdout and stderr files of task 0 of ``job`` (the other tasks' differ only in the task number)."""
     return job.paths.stdout, job.paths.stderr
+
+
+def wait_for(job: submitit.Job, what: str) -> int:
+    """Wait for every task of ``job``, through its requeues; 0 when it succeeded, else 1 after printing why not.
+
+    ``what`` names the job in the message (e.g. "merge job"). A job that ended without a result (cancelled,
+    killed, stopped on a signal and not requeued) fails too.
+    """
+    try:
+        job.results()
+    except Exception as err:  # submitit re-raises the job's error, whatever its type, or says it left no result
+        print(f"{what} {job.job_id} failed: {err}", file=sys.stderr)
+        return 1
+    return 0

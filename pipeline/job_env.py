@@ -161,6 +161,11 @@ def from_submitit(master_port: int | None = None) -> JobEnv:
     )
 
 
+def slurm_restart_count(environ: Mapping[str, str] | None = None) -> int:
+    """How often SLURM has requeued this job (``SLURM_RESTART_COUNT``: 0 on the first run, 1 after one requeue)."""
+    return _int(os.environ if environ is None else environ, "SLURM_RESTART_COUNT", 0)
+
+
 def export(env: JobEnv, environ: MutableMapping[str, str] | None = None) -> None:
     """Write ``env`` as the torch-elastic variables into ``environ`` (``os.environ`` by default)."""
     (os.environ if environ is None else environ).update(env.as_environ())

@@ -29,6 +29,7 @@ class StopRequest:
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         _in_process.listener = self  # listen first, then take a pending request: none can fall in between
+        _in_process.unfinished = None
         pending, _in_process.pending = _in_process.pending, None
         if pending is not None:
             self.request(pending)
@@ -62,6 +63,7 @@ class _InProcessRequests:
 
     listener: StopRequest | None = None
     pending: str | None = None
+    unfinished: str | None = None  # why the last trainer of this process stopped before its end
 
 
 _in_process = _InProcessRequests()
@@ -77,6 +79,17 @@ def request_stop(reason: str = "stop requested in-process") -> None:
         listener.request(reason)
     else:
         _in_process.pending = reason
+
+
+def note_unfinished(reason: str) -> None:
+    """Record that the trainer of this process stopped before its end because of ``reason`` (not the time budget)."""
+    _in_process.unfinished = reason
+
+
+def take_unfinished() -> str | None:
+    """Why the last trainer of this process stopped before its end, then forget it; None: it ran to its end."""
+    reason, _in_process.unfinished = _in_process.unfinished, None
+    return reason
 
 
 def withdraw_stop_request() -> None:

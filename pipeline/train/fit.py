@@ -19,7 +19,7 @@ from pipeline.data import Batch, DataPosition, build_epoch_loader, expand_channe
 from pipeline.data.shards import ShardError, resolve_shards
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.export import describe_export, export_model, git_commit
-from pipeline.train.faults import BUDGET_STOP, agree_across_ranks, inject_nan
+from pipeline.train.faults import BUDGET_STOP, agree_across_ranks, inject_nan, note_unfinished
 from pipeline.train.run import TrainRun
 from pipeline.train.step import LossHook, StepOutcome, contrastive_step
 from pipeline.train.tracking import ui_command
@@ -235,6 +235,8 @@ def fit(run: TrainRun) -> int:
             if stopping:
                 budget = run.stop.reason == BUDGET_STOP  # a planned end: export like a finished run
                 status = "FINISHED" if budget else "KILLED"
+                if not budget:
+                    note_unfinished(run.stop.reason)
                 log.warning("stopped at step %d (%s); checkpoint saved, exiting 0", state.step, run.stop.reason)
                 break
         if last_saved != state.step:

@@ -9,7 +9,13 @@ import time
 import pytest
 
 from launch.preemption import PreemptionRelay
-from pipeline.train.faults import STOP_SIGNALS, StopRequest, withdraw_stop_request
+from pipeline.train.faults import (
+    STOP_SIGNALS,
+    StopRequest,
+    note_unfinished,
+    take_unfinished,
+    withdraw_stop_request,
+)
 
 
 class RecordingTrainer(StopRequest):
@@ -87,3 +93,19 @@ def test_request_no_trainer_took_is_dropped_when_the_relay_ends(restore_signals)
     later.install()  # a later trainer in this process (the one before never started)
     later.uninstall()
     assert relay.preempted and later.requests == [] and not later.requested
+
+
+def test_relay_says_whether_the_trainer_stopped_before_its_end(restore_signals) -> None:
+    note_unfinished("an earlier trainer's stop")  # must not be taken for this trainer's
+    with PreemptionRelay() as relay:
+        trainer = StopRequest()
+        trainer.install()
+        trainer.uninstall()  # ran to its end
+    assert relay.unfinished is None
+    with PreemptionRelay() as relay:
+        trainer = StopRequest()
+        trainer.install()
+        note_unfinished("received SIGTERM")  # what fit() records when it stops on a request
+        trainer.uninstall()
+    assert relay.unfinished == "received SIGTERM" and take_unfinished() is None  # taken once
+

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -72,24 +75,39 @@ def test_shard_array_on_real_slurm_without_accounting(
     slurm_cluster: dict[str, str], phantom_root: Path, phantom_shards: tuple[Path, dict], tmp_path: Path,
     repo_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Array + afterany merge through real sbatch, sacct failing: shards byte-identical, same manifest; a failed slice fails the merge."""
-    import json
-
+    """Array + afterany merge through real sbatch, sacct failing: shards byte-identical, same manifest; a failed
+    slice fails the merge, naming a rerun command that, once the cause is gone, completes the same shards."""
     monkeypatch.setenv("PYTHONPATH", str(repo_root))
     assert subprocess.run(["sacct", "-j", "1"], capture_output=True).returncode != 0  # no accounting here
-    single_dir, single = phantom_shards
     out = tmp_path / "array"
     assert shard_main(_real_shard_argv(phantom_root, tmp_path, out)) == 0, capsys.readouterr().err
-    merged = json.loads((out / "manifest.json").read_text())
-    drop = ("seconds", "args", "created")
-    assert {k: v for k, v in merged.items() if k not in drop} == {k: v for k, v in single.items() if k not in drop}
-    for shard in sorted(single_dir.rglob("*.tar")):
-        assert (out / shard.relative_to(single_dir)).read_bytes() == shard.read_bytes(), shard
+    _assert_same_as_one_process(out, phantom_shards)
 
     broken = tmp_path / "broken"
-    (broken / "train" / "train-000001.tar").mkdir(parents=True)  # a slice cannot write its shard
+    obstacle = broken / "train" / "train-000001.tar"  # shard 1 is slice 1's: a folder in its way fails the slice
+    obstacle.mkdir(parents=True)
     capsys.readouterr()
     assert shard_main(_real_shard_argv(phantom_root, tmp_path, broken)) == 1
     err = capsys.readouterr().err
-    assert "of 2 failed" in err and "nothing merged" in err and "resume=true" in err, err
+    assert "array slice(s) 1 of 2 failed" in err and "nothing merged" in err, err
     assert not (broken / "manifest.json").exists()
+    rerun = re.search(r"Rerun them with: (.+)$", err, re.MULTILINE)
+    assert rerun and rerun.group(1).endswith(" resume=true"), err
+
+    obstacle.rmdir()  # the cause is gone: the printed command (waited for) completes the job
+    done = subprocess.run([*shlex.split(rerun.group(1)), "--wait"], capture_output=True, text=True, timeout=600,
+                          cwd=repo_root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    _assert_same_as_one_process(broken, phantom_shards)
+
+
+def _assert_same_as_one_process(out: Path, phantom_shards: tuple[Path, dict]) -> None:
+    """``out`` holds the one-process run's shards byte for byte, and its manifest apart from timing and arguments."""
+    single_dir, single = phantom_shards
+    merged = json.loads((out / "manifest.json").read_text())
+    drop = ("seconds", "args", "created")
+    assert {k: v for k, v in merged.items() if k not in drop} == {k: v for k, v in single.items() if k not in drop}
+    shards = sorted(p.relative_to(single_dir) for p in single_dir.rglob("*.tar"))
+    assert shards and sorted(p.relative_to(out) for p in out.rglob("*.tar")) == shards
+    for shard in shards:
+        assert (out / shard).read_bytes() == (single_dir / shard).read_bytes(), shard
