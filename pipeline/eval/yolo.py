@@ -1,10 +1,13 @@
 """A YOLOv3-style detection head (written here: ultralytics is AGPL), its loss and its box decoding.
 
-Three levels (strides 8, 16, 32) with YOLOv3's three anchors each (given for 416 px and scaled to
-the input size). A ground-truth box is assigned to the one anchor whose shape fits it best (IoU of
-widths/heights), in the grid cell holding its centre. Loss (YOLOv3's): BCE on objectness over
-every cell, BCE on the centre offsets, squared error on the log width/height ratios, BCE on the
-class. Decoding: sigmoid(objectness) x sigmoid(class) >= confidence, then torchvision's NMS per image.
+Three levels (finest first) with YOLOv3's three anchors each (given for 416 px and scaled to the
+input size). A level's stride is the input size over its map's width, as in MGCA's ``YOLOLoss``
+(8 / 16 / 32 for a plain trunk, 8 / 16 / 16 for a ResNet at output stride 16). A ground-truth box
+is assigned to the one anchor whose shape fits it best (IoU of widths/heights), in the grid cell
+holding its centre. Loss (YOLOv3's): BCE on objectness over every cell, BCE on the centre offsets,
+squared error on the log width/height ratios, BCE on the class. Decoding as MGCA's
+``non_max_suppression``: a box is kept when sigmoid(objectness) >= confidence and ranked by it (one
+class: the class score picks nothing), then torchvision's NMS per image.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from torch import nn
 from torchvision.ops import batched_nms
 
 ANCHORS_416 = ((10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (116, 90), (156, 198), (373, 326))
-STRIDES = (8, 16, 32)
 PER_LEVEL = 3
 
 
@@ -47,6 +49,11 @@ def anchors(image_size: int, device: torch.device | None = None) -> torch.Tensor
     return torch.tensor(ANCHORS_416, dtype=torch.float32, device=device) * (image_size / 416)
 
 
+def level_stride(image_size: int, out: torch.Tensor) -> float:
+    """Input pixels per cell of one level's output ``[B, 3, h, w, ...]`` (MGCA: input size / map size)."""
+    return image_size / out.shape[3]
+
+
 def _flatten_targets(boxes: list[torch.Tensor]) -> torch.Tensor:
     """``[M, 5]`` (image index, x1, y1, x2, y2) of every ground-truth box of the batch."""
     parts = [torch.cat([torch.full((len(b), 1), float(i), device=b.device), b.float()], 1) for i, b in enumerate(boxes)]
@@ -63,8 +70,9 @@ def yolo_loss(outputs: list[torch.Tensor], boxes: list[torch.Tensor], image_size
     inter = torch.minimum(wh[:, None], prior[None]).prod(-1)
     best = (inter / (wh.prod(-1)[:, None] + prior.prod(-1)[None] - inter)).argmax(1)  # [M]
     total = outputs[0].new_zeros(())
-    for level, (out, stride) in enumerate(zip(outputs, STRIDES)):
+    for level, out in enumerate(outputs):
         b, _, h, w, _ = out.shape
+        stride = level_stride(image_size, out)
         pick = best // PER_LEVEL == level
         image, anchor = gt[pick, 0].long(), best[pick] % PER_LEVEL
         cell = centre[pick] / stride
@@ -86,17 +94,18 @@ def yolo_loss(outputs: list[torch.Tensor], boxes: list[torch.Tensor], image_size
 def decode(
     outputs: list[torch.Tensor], image_size: int, confidence: float, nms_iou: float
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per image ``(boxes [k, 4] x1, y1, x2, y2 in input pixels, scores [k])`` after the threshold and NMS."""
-    prior = anchors(image_size, outputs[0].device).view(len(STRIDES), PER_LEVEL, 2)
+    """Per image ``(boxes [k, 4] x1, y1, x2, y2 in input pixels, objectness [k])`` after the threshold and NMS."""
+    prior = anchors(image_size, outputs[0].device).view(len(outputs), PER_LEVEL, 2)
     rows = []
-    for level, (out, stride) in enumerate(zip(outputs, STRIDES)):
+    for level, out in enumerate(outputs):
         b, a, h, w, _ = out.shape
+        stride = level_stride(image_size, out)
         ys, xs = torch.meshgrid(torch.arange(h, device=out.device), torch.arange(w, device=out.device), indexing="ij")
         cx = (out[..., 0].sigmoid() + xs) * stride
         cy = (out[..., 1].sigmoid() + ys) * stride
         bw = out[..., 2].clamp(max=8).exp() * prior[level, :, 0].view(1, a, 1, 1)
         bh = out[..., 3].clamp(max=8).exp() * prior[level, :, 1].view(1, a, 1, 1)
-        score = out[..., 4].sigmoid() * out[..., 5:].sigmoid().amax(-1)
+        score = out[..., 4].sigmoid()  # MGCA: objectness gates and ranks the boxes
         image = torch.arange(b, device=out.device).view(b, 1, 1, 1).expand(b, a, h, w)
         rows.append(torch.stack([image.float(), cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2, score], -1)
                     .reshape(-1, 6))  # fmt: skip
