@@ -12,6 +12,8 @@ class: the class score picks nothing), then torchvision's NMS per image.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +26,8 @@ PER_LEVEL = 3
 class YoloHead(nn.Module):
     """Per level: conv3x3-BN-LeakyReLU then a 1x1 conv to ``3 x (4 box + 1 objectness + classes)`` outputs."""
 
-    def __init__(self, in_channels: list[int], num_classes: int = 1, width: int = 256) -> None:
+    def __init__(self, in_channels: list[int], num_classes: int = 1, width: int = 256,
+                 objectness_prior: float | None = None) -> None:  # fmt: skip
         super().__init__()
         self.num_classes = num_classes
         outputs = PER_LEVEL * (5 + num_classes)
@@ -33,6 +36,13 @@ class YoloHead(nn.Module):
                           nn.Conv2d(width, outputs, 1))
             for c in in_channels
         )  # fmt: skip
+        if objectness_prior is not None:  # RetinaNet's prior init: every cell starts at objectness p
+            if not 0.0 < objectness_prior < 1.0:
+                raise ValueError(f"detection.objectness_prior must be in (0, 1), got {objectness_prior}")
+            with torch.no_grad():
+                for level in self.levels:
+                    level[-1].bias.view(PER_LEVEL, 5 + num_classes)[:, 4] = math.log(
+                        objectness_prior / (1 - objectness_prior))
 
     def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         """Raw outputs per level ``[B, 3, h, w, 5 + classes]``."""

@@ -212,12 +212,15 @@ def _one_percent_positives(positive: np.ndarray, balance: bool) -> int:
 
 @pytest.mark.parametrize("name", ["siim", "rsna"])
 def test_default_phantom_sets_hold_eight_positives_at_one_percent(name: str) -> None:
-    """The enrichment claim, on the default --downstream size (400) and phantom_all's dense settings."""
+    """The enrichment claim at the default --downstream size (400) and the ablation's (200: the same first images)."""
+    from launch.ablation import DOWNSTREAM_IMAGES
+
     case, share = {"siim": (lambda i: siim_case(0, i, (256, 320))[1], SIIM_POSITIVE),
                    "rsna": (lambda i: rsna_case(0, i, (256, 320))[2], RSNA_POSITIVE)}[name]  # fmt: skip
     positive = np.asarray([bool(case(i)) for i in range(400)])
     assert abs(positive.mean() - share) < 0.1
-    assert _one_percent_positives(positive, balance=name == "siim") >= 8
+    for count in (400, DOWNSTREAM_IMAGES):
+        assert _one_percent_positives(positive[:count], balance=name == "siim") >= 8, count
 
 
 def test_rsna_mgca_split_sizes_and_split_files_reused(tmp_path: Path, repo_root: Path) -> None:

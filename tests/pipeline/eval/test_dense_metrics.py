@@ -121,6 +121,28 @@ def test_yolo_head_learns_one_box_on_fixed_maps() -> None:
     assert mean_average_precision(predicted, boxes, IOUS) > 0.5
 
 
+def test_objectness_prior_sets_every_cell_at_init_and_is_checked() -> None:
+    head = YoloHead([4, 4, 4], objectness_prior=0.01).eval()
+    outputs = head([torch.zeros(1, 4, n, n) for n in (8, 4, 4)])  # zero maps: each output is its bias
+    for out in outputs:
+        assert torch.allclose(out[..., 4].sigmoid(), torch.full_like(out[..., 4], 0.01))
+        assert torch.allclose(out[..., :4], torch.zeros_like(out[..., :4]), atol=0.2)  # the rest keeps its init
+    with pytest.raises(ValueError, match="objectness_prior"):
+        YoloHead([4], objectness_prior=1.0)
+
+
+def test_min_steps_adds_epochs_only_to_small_training_sets() -> None:
+    from types import SimpleNamespace
+
+    from pipeline.eval.dense_fit import max_epochs
+
+    budget = SimpleNamespace(epochs=1, min_steps=60, batch_size=16)
+    assert max_epochs(budget, 24) == 30  # 2 steps an epoch
+    assert max_epochs(budget, 112) == 9  # 7 steps an epoch: 63 steps
+    assert max_epochs(budget, 2000) == 1
+    assert max_epochs(SimpleNamespace(epochs=50, min_steps=0, batch_size=16), 24) == 50  # MGCA: epochs alone
+
+
 def test_heads_output_the_input_size() -> None:
     from pipeline.eval.dense_heads import SetrDecoder, UnetHead
 
