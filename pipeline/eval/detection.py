@@ -89,6 +89,7 @@ def run_detection(ctx: EvalContext) -> TaskResult:
         for fraction in dense.fractions:
             tag = f"{fraction * 100:g}pct"
             train = prepare(fraction_subset(splits, fraction, dense), size, False, True)
+            torch.manual_seed(dense.seed)  # the head's init: the same whatever ran before this fit
             fitted = fit_head(Detector(build_detection_neck(encoder.encoder), objectness_prior=det.objectness_prior), loss, encoder, train, valid, dense,
                               augmenter(dense, rotate=False) if dense.augment else None)  # fmt: skip
             predicted = predict(fitted.head, encoder, test, dense.batch_size, boxes_of)
