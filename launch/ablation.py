@@ -10,8 +10,8 @@ studies, 60/10/30 % split so the held-out split is big enough to compare presets
 like the demo (144 px, MiniLM report embeddings when the package is installed).
 
 With ``--transfer`` (the default; ``--no-transfer`` leaves it out) the phantom tree also holds the
-downstream SIIM / RSNA / Object-CXR layouts and every row is also scored on segmentation Dice and
-detection mAP at 1 % and 100 % of the labels (configs/eval/phantom_all.yaml's ``dense``,
+downstream SIIM / RSNA / Object-CXR layouts (``DOWNSTREAM_IMAGES`` new chests each) and every row is
+also scored on segmentation Dice and detection mAP at 1 % and 100 % of the labels (configs/eval/phantom_all.yaml's ``dense``,
 ``segmentation``, ``detection`` sections: the same budget for every row).
 
 Every preset gets the same model, data, batch, seed and number of optimizer steps (only
