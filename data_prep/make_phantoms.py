@@ -5,8 +5,8 @@
         [--report-voices N [--finding-sets K]]
 
 Layout and contents follow docs/phantoms.md (MIMIC-CXR v2.0.0 folders and CSVs, DICOM in several
-encodings, optional MIMIC-CXR-JPG mirror, ``phantom_annotations.json``, optional CheXpert/RSNA
-layouts, and SIIM/Object-CXR segmentation and detection sets). The same seed and arguments give byte-identical output whatever ``--workers`` is.
+encodings, optional MIMIC-CXR-JPG mirror, ``phantom_annotations.json``, optional CheXpert layout, and
+SIIM / RSNA / Object-CXR segmentation and detection sets of new chests). The same seed and arguments give byte-identical output whatever ``--workers`` is.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from data_prep.phantom.tables import (
     write_annotations,
     write_chexpert_downstream,
     write_mimic_tables,
-    write_rsna_labels,
 )
 
 log = logging.getLogger("sista.phantoms")
@@ -114,9 +113,7 @@ def make_phantoms(
     write_annotations(out / ANNOTATIONS, images, study_labels, generator)
     if downstream:
         write_chexpert_downstream(out / "downstream" / "chexpert", [r for rec in records for r in rec.chexpert_rows])
-        write_rsna_labels(out / "downstream" / "rsna" / "stage_2_train_labels.csv",
-                          [r for rec in records for r in rec.rsna_rows])  # fmt: skip
-        write_dense_sets(out / "downstream", settings.seed, downstream_images, (lo, hi))  # SIIM + Object-CXR layouts
+        write_dense_sets(out / "downstream", settings.seed, downstream_images, (lo, hi))  # SIIM, RSNA, Object-CXR
     seconds = time.perf_counter() - start
     log.info("wrote %d phantom studies (%d images) to %s in %.1f s (%.1f studies/s)",
              len(plans), len(metadata), out, seconds, len(plans) / max(seconds, 1e-9))  # fmt: skip

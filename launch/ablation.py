@@ -10,8 +10,8 @@ studies, 60/10/30 % split so the held-out split is big enough to compare presets
 like the demo (144 px, MiniLM report embeddings when the package is installed).
 
 With ``--transfer`` (the default; ``--no-transfer`` leaves it out) the phantom tree also holds the
-downstream SIIM / RSNA / Object-CXR layouts and every row is also scored on segmentation Dice and
-detection mAP at 1 % and 100 % of the labels (configs/eval/phantom_all.yaml's ``dense``,
+downstream SIIM / RSNA / Object-CXR layouts (``DOWNSTREAM_IMAGES`` new chests each) and every row is
+also scored on segmentation Dice and detection mAP at 1 % and 100 % of the labels (configs/eval/phantom_all.yaml's ``dense``,
 ``segmentation``, ``detection`` sections: the same budget for every row).
 
 Every preset gets the same model, data, batch, seed and number of optimizer steps (only
@@ -41,6 +41,9 @@ PRESETS = tuple(presets("loss"))  # the files of configs/loss/
 UNTRAINED = "untrained"
 ROWS = (UNTRAINED, *PRESETS)
 SPLIT = (0.6, 0.1, 0.3)  # train / validate / test of the ablation's phantom set
+# Images of each downstream set (SIIM, RSNA, Object-CXR) with --transfer: sized so that the eight transfer columns
+# fit a row's evaluation on 2 CPU cores (docs/evaluation.md#transfer-columns); 1 % still holds >= 8 positives.
+DOWNSTREAM_IMAGES = 200
 COLUMNS = (
     ("zero-shot mean AUROC", ("zero_shot", "mean_auroc", "auroc")),
     ("i→r R@1", ("retrieval", "image_to_report", "label_set", "R@1", "value")),
@@ -168,7 +171,8 @@ def ablation_table(metrics: dict[str, dict], steps: int, transfer: bool = False)
 def make_phantom_shards(out: Path, studies: int, workers: int, downstream: bool = False) -> tuple[Path, Path]:
     """A phantom tree and its shards for the ablation (skipped when present): (manifest, annotations).
 
-    ``downstream`` also writes the SIIM / RSNA / Object-CXR layouts the transfer columns train on.
+    ``downstream`` also writes the SIIM / RSNA / Object-CXR layouts the transfer columns train on
+    (``DOWNSTREAM_IMAGES`` images each).
     """
     from data_prep.make_phantoms import make_phantoms
     from data_prep.shard_config import ShardConfig
@@ -179,7 +183,7 @@ def make_phantom_shards(out: Path, studies: int, workers: int, downstream: bool 
     tree, shards = out / "phantoms", out / "shards"
     if not (tree / "phantom_annotations.json").is_file():
         make_phantoms(tree, studies, seed=0, workers=workers, image_size_range=(256, 320), split_fractions=SPLIT,
-                      downstream=downstream)
+                      downstream=downstream, downstream_images=DOWNSTREAM_IMAGES)
     if not (shards / MANIFEST).is_file():
         overrides = [f"mimic_root={tree}", f"out={shards}", "shard_size=32", f"workers={workers}", "image_size=144"]
         try:

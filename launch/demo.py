@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 ABLATION_STEPS = 150
 # Measured not to fit make demo's 25 minutes on 2 cores (docs/evaluation.md#transfer-columns): off by default.
 ABLATION_UNTRAINED = False  # the untrained row: ~3 min (its evaluation)
-ABLATION_TRANSFER = False  # segmentation / detection columns: > 20 min a row at 100 % of the labels
+ABLATION_TRANSFER = False  # segmentation / detection columns: ~15 CPU-minutes a row (8 columns)
 
 
 def closing_ablation(

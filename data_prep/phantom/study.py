@@ -8,7 +8,6 @@ from (seed, study index, stream), so a study never depends on which worker made 
 from __future__ import annotations
 
 import functools
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 
 from data_prep.phantom.anatomy import Anatomy, build_anatomy
 from data_prep.phantom.case import Finding, StudyCase, chexpert_labels, pick, sample_case
-from data_prep.phantom.cohort import StudyPlan, make_dicom_id, stable_digest
+from data_prep.phantom.cohort import StudyPlan, make_dicom_id
 from data_prep.phantom.dicom_io import (
     VIEW_CODES,
     Encoding,
@@ -27,7 +26,6 @@ from data_prep.phantom.dicom_io import (
     stored_pixels,
     to_jpg_pixels,
     write_dicom,
-    write_rsna_dicom,
 )
 from data_prep.phantom.draw import draw_findings
 from data_prep.phantom.report import EXAMINATIONS, exam_key, render_report
@@ -84,7 +82,6 @@ class StudyRecord:
     labels: dict[str, float | None]
     annotations: dict[str, dict[str, Any]]
     chexpert_rows: list[dict[str, Any]] = field(default_factory=list)
-    rsna_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 def study_rng(seed: int, index: int, stream: int) -> np.random.Generator:
@@ -206,22 +203,4 @@ def write_study(settings: Settings, plan: StudyPlan) -> StudyRecord:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(jpeg_bytes(pixels8))
             record.chexpert_rows.append(row)
-    if settings.downstream:
-        record.rsna_rows = _write_rsna(out, settings.seed, plan, study)
     return record
-
-
-def _write_rsna(out: Path, seed: int, plan: StudyPlan, study: RenderedStudy) -> list[dict[str, Any]]:
-    """The study's first frontal image as an RSNA-Pneumonia case, with a box per consolidation/pneumonia."""
-    frontal = next((im for im in study.images if im.view in ("PA", "AP")), None)
-    if frontal is None:
-        return []
-    patient_id = str(uuid.UUID(bytes=stable_digest("rsna", seed, frontal.dicom_id)[:16], version=4))
-    write_rsna_dicom(out / "downstream" / "rsna" / "stage_2_train_images" / f"{patient_id}.dcm",
-                     to_jpg_pixels(frontal.presentation), seed=seed, patient_id=patient_id, view=frontal.view,
-                     sex=plan.sex, age=plan.age)  # fmt: skip
-    boxes = [mask_bbox(mask) for finding, mask in frontal.masks if finding.kind == "consolidation"]
-    if not boxes:
-        return [{"patientId": patient_id, "x": "", "y": "", "width": "", "height": "", "Target": 0}]
-    return [{"patientId": patient_id, "x": float(x0), "y": float(y0), "width": float(x1 - x0),
-             "height": float(y1 - y0), "Target": 1} for x0, y0, x1, y1 in boxes]  # fmt: skip

@@ -104,8 +104,3 @@ def write_chexpert_downstream(root: Path, rows: list[dict[str, Any]]) -> None:
             if row["Path"].startswith(folder)
         ]  # fmt: skip
         write_csv(root / name, CHEXPERT_DOWNSTREAM_COLUMNS, chosen)
-
-
-def write_rsna_labels(path: Path, rows: list[dict[str, Any]]) -> None:
-    """``stage_2_train_labels.csv``: one row per box, or one empty row with Target 0."""
-    write_csv(path, RSNA_COLUMNS, rows)

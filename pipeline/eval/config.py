@@ -206,6 +206,7 @@ class DenseTrainConfig:
     min_train: int  # at least this many training images at small fractions of a small set
     split_dir: str  # split files: written on first use, reused afterwards
     epochs: int
+    min_steps: int  # at least this many optimizer steps (more epochs for a small fraction); 0: epochs alone (MGCA)
     patience: int  # early stopping: epochs without a lower validation loss
     batch_size: int
     learning_rate: float  # AdamW
@@ -233,10 +234,11 @@ class DetectionConfig:
     """Frozen encoder + a YOLOv3-style head (ViTs through a simple feature pyramid): mAP at each label fraction."""
 
     datasets: list[Literal["rsna", "object_cxr"]]
-    confidence: float  # a box is kept when objectness x class >= this
+    confidence: float  # a box is kept when its objectness >= this (MGCA's non_max_suppression)
     nms_iou: float
     iou_thresholds: list[float]  # mAP averaged over these IoUs
     n_boot: int  # bootstrap resamples of the mAP (each one a full mAP computation)
+    objectness_prior: Optional[float]  # None: PyTorch's default bias init (MGCA); p: objectness bias = logit(p)
 
 
 @dataclass

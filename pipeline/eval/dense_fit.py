@@ -224,7 +224,7 @@ def fit_head(
     train_maps = None if transform is not None else encoder.cached(train.images, dense.batch_size)
     valid_maps = encoder.cached(valid.images, dense.batch_size)
     best, best_loss, stale, epochs, seen, seconds = copy.deepcopy(head.state_dict()), math.inf, 0, 0, 0, 0.0
-    for epoch in range(dense.epochs):
+    for epoch in range(max_epochs(dense, len(train))):
         head.train()
         started = time.perf_counter()
         order = torch.randperm(len(train)).tolist()
@@ -255,6 +255,12 @@ def fit_head(
                 break
     head.load_state_dict(best)
     return FitResult(head.eval(), best_loss, epochs, seen / max(seconds, 1e-9))
+
+
+def max_epochs(dense: DenseTrainConfig, num_train: int) -> int:
+    """``dense.epochs``, or more when that is fewer than ``dense.min_steps`` optimizer steps on ``num_train`` images."""
+    per_epoch = max(1, math.ceil(num_train / dense.batch_size))
+    return max(dense.epochs, math.ceil(dense.min_steps / per_epoch))
 
 
 @torch.no_grad()

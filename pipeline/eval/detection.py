@@ -32,9 +32,9 @@ from pipeline.eval.yolo import YoloHead, decode, yolo_loss
 class Detector(nn.Module):
     """The neck (simple feature pyramid or last CNN stages) and the YOLO head on the frozen maps."""
 
-    def __init__(self, neck: nn.Module, width: int = 256) -> None:
+    def __init__(self, neck: nn.Module, width: int = 256, objectness_prior: float | None = None) -> None:
         super().__init__()
-        self.neck, self.head = neck, YoloHead(neck.channels, width=width)
+        self.neck, self.head = neck, YoloHead(neck.channels, width=width, objectness_prior=objectness_prior)
 
     def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         """Raw YOLO outputs per level."""
@@ -89,7 +89,8 @@ def run_detection(ctx: EvalContext) -> TaskResult:
         for fraction in dense.fractions:
             tag = f"{fraction * 100:g}pct"
             train = prepare(fraction_subset(splits, fraction, dense), size, False, True)
-            fitted = fit_head(Detector(build_detection_neck(encoder.encoder)), loss, encoder, train, valid, dense,
+            torch.manual_seed(dense.seed)  # the head's init: the same whatever ran before this fit
+            fitted = fit_head(Detector(build_detection_neck(encoder.encoder), objectness_prior=det.objectness_prior), loss, encoder, train, valid, dense,
                               augmenter(dense, rotate=False) if dense.augment else None)  # fmt: skip
             predicted = predict(fitted.head, encoder, test, dense.batch_size, boxes_of)
             kept_pred, kept_truth = [predicted[i] for i in scored], [test.boxes[i] for i in scored]

@@ -78,6 +78,7 @@ def run_segmentation(ctx: EvalContext) -> TaskResult:
             tag = f"{fraction * 100:g}pct"
             subset = fraction_subset(splits, fraction, dense)
             train = prepare(subset, size, True, False)
+            torch.manual_seed(dense.seed)  # the head's init: the same whatever ran before this fit
             fitted = fit_head(build_segmentation_head(encoder.encoder, seg.setr_channels), loss, encoder, train, valid, dense,
                               augmenter(dense, rotate=True) if dense.augment else None)  # fmt: skip
             predicted = np.stack(predict(fitted.head, encoder, test, dense.batch_size, masks_of))

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from test_eval_adapters import WINDOW, _gradient, _write_dicom
 
-from data_prep.phantom.dense_sets import SIIM_POSITIVE, object_case, siim_case
+from data_prep.phantom.dense_sets import RSNA_POSITIVE, SIIM_POSITIVE, object_case, rsna_case, siim_case
 from pipeline.eval.adapters import DenseImages, load_object_cxr, load_rsna_boxes, load_siim, parse_annotation
 from pipeline.eval.dense_fit import balanced_ids, prepare
 from pipeline.eval.splits import fraction_ids, partition_ids
@@ -186,6 +186,12 @@ def test_phantom_siim_and_object_cxr_layouts(phantom_root: Path) -> None:
         assert siim.sizes[i] == pixels.shape and (siim.masks[i]() == truth).all()
         assert tuple(siim.loaders[i]().shape) == (1, *pixels.shape)
     assert 0.3 < siim.positive.mean() < 0.9
+    rsna = load_rsna_boxes(phantom_root / "downstream" / "rsna", WINDOW)
+    assert len(rsna) == 60 and rsna.skipped == {"box_outside_image": 0} and 0.3 < rsna.positive.mean() < 0.9
+    for i in (0, 1, 2, 3):
+        pixels, _, boxes = rsna_case(0, i, (256, 320))
+        assert rsna.sizes[i] == pixels.shape and rsna.boxes[i].tolist() == boxes
+        assert (rsna.masks[i]().sum() > 0) == bool(boxes)
     objects = load_object_cxr(phantom_root / "downstream" / "object_cxr", "train")
     dev = load_object_cxr(phantom_root / "downstream" / "object_cxr", "dev")
     assert (len(objects), len(dev)) == (48, 12) and objects.skipped["object_outside_image"] == 0
@@ -193,17 +199,28 @@ def test_phantom_siim_and_object_cxr_layouts(phantom_root: Path) -> None:
     assert kinds == {0, 1, 2}
 
 
-def test_default_phantom_siim_holds_eight_positives_at_one_percent() -> None:
-    """The enrichment claim, on the default --downstream size (400) and phantom_all's dense settings."""
-    positive = np.asarray([bool(siim_case(0, i, (256, 320))[1]) for i in range(400)])
-    assert abs(positive.mean() - SIIM_POSITIVE) < 0.1
-    ids = [str(i) for i in range(400)]
-    pool = DenseImages("siim", ids, [None] * 400, [(1, 1)] * 400,
+def _one_percent_positives(positive: np.ndarray, balance: bool) -> int:
+    """Positives in 1 % of the 70 % training split (balanced as SIIM's when ``balance``), floored at 24 images."""
+    ids = [str(i) for i in range(len(positive))]
+    pool = DenseImages("set", ids, [None] * len(ids), [(1, 1)] * len(ids),
                        boxes=[np.zeros((int(p), 4)) for p in positive])  # fmt: skip
     train = pool.by_ids(partition_ids(ids, [0.7, 0.15, 0.15], 0)[0])
-    balanced = train.by_ids(balanced_ids(train, 0))
-    chosen = balanced.by_ids(fraction_ids(balanced.ids, 0.01, 0, 24))
-    assert chosen.positive.sum() >= 8
+    if balance:
+        train = train.by_ids(balanced_ids(train, 0))
+    return int(train.by_ids(fraction_ids(train.ids, 0.01, 0, 24)).positive.sum())
+
+
+@pytest.mark.parametrize("name", ["siim", "rsna"])
+def test_default_phantom_sets_hold_eight_positives_at_one_percent(name: str) -> None:
+    """The enrichment claim at the default --downstream size (400) and the ablation's (200: the same first images)."""
+    from launch.ablation import DOWNSTREAM_IMAGES
+
+    case, share = {"siim": (lambda i: siim_case(0, i, (256, 320))[1], SIIM_POSITIVE),
+                   "rsna": (lambda i: rsna_case(0, i, (256, 320))[2], RSNA_POSITIVE)}[name]  # fmt: skip
+    positive = np.asarray([bool(case(i)) for i in range(400)])
+    assert abs(positive.mean() - share) < 0.1
+    for count in (400, DOWNSTREAM_IMAGES):
+        assert _one_percent_positives(positive[:count], balance=name == "siim") >= 8, count
 
 
 def test_rsna_mgca_split_sizes_and_split_files_reused(tmp_path: Path, repo_root: Path) -> None:

@@ -9,7 +9,7 @@ import torch
 from pipeline.eval import metrics
 from pipeline.eval.detection import Detector, mean_average_precision
 from pipeline.eval.segmentation import dice_summary, mixed_loss
-from pipeline.eval.yolo import STRIDES, YoloHead, anchors, decode, yolo_loss
+from pipeline.eval.yolo import YoloHead, anchors, decode, yolo_loss
 
 IOUS = [0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75]
 
@@ -60,29 +60,33 @@ def test_map_of_a_hand_case_matches_the_library() -> None:
     assert value == pytest.approx((5 * 1.0 + 3 * 51 * 0.5 / 101) / 8, abs=1e-6)
 
 
-def _perfect_outputs(boxes: list[torch.Tensor], size: int) -> list[torch.Tensor]:
-    """YOLO outputs that encode ``boxes`` exactly at their assigned anchors (logits +-20 elsewhere)."""
+def _perfect_outputs(boxes: list[torch.Tensor], size: int, strides: tuple[int, ...]) -> list[torch.Tensor]:
+    """YOLO outputs (one level per stride) that encode ``boxes`` exactly at their assigned anchors (-20 elsewhere).
+
+    The class logit is low (-2): as in MGCA, objectness alone gates and ranks a box.
+    """
     prior = anchors(size)
-    out = [torch.full((len(boxes), 3, size // s, size // s, 6), -20.0) for s in STRIDES]
+    out = [torch.full((len(boxes), 3, size // s, size // s, 6), -20.0) for s in strides]
     for image, image_boxes in enumerate(boxes):  # a reference written as a loop over boxes
         for x1, y1, x2, y2 in image_boxes.tolist():
             w, h = x2 - x1, y2 - y1
             ious = [min(w, aw) * min(h, ah) / (w * h + aw * ah - min(w, aw) * min(h, ah)) for aw, ah in prior.tolist()]
             best = int(np.argmax(ious))
-            level, a, stride = best // 3, best % 3, STRIDES[best // 3]
+            level, a, stride = best // 3, best % 3, strides[best // 3]
             cx, cy = (x1 + x2) / 2 / stride, (y1 + y2) / 2 / stride
             gx, gy = int(cx), int(cy)
             logit = lambda v: float(np.log(v / (1 - v)))  # noqa: E731
             out[level][image, a, gy, gx] = torch.tensor([logit(cx - gx), logit(cy - gy), np.log(w / prior[best, 0]),
-                                                         np.log(h / prior[best, 1]), 20.0, 20.0])  # fmt: skip
+                                                         np.log(h / prior[best, 1]), 20.0, -2.0])  # fmt: skip
     return out
 
 
-def test_yolo_decode_recovers_encoded_boxes_and_their_loss_is_low() -> None:
+@pytest.mark.parametrize("strides", [(8, 16, 32), (8, 16, 16)])  # plain; a ResNet at output stride 16
+def test_yolo_decode_recovers_encoded_boxes_and_their_loss_is_low(strides: tuple[int, ...]) -> None:
     size = 64
     boxes = [torch.tensor([[4.0, 6.0, 20.0, 30.0], [30.0, 30.0, 62.0, 50.0]]), torch.zeros(0, 4),
              torch.tensor([[10.0, 10.0, 14.0, 15.0]])]  # fmt: skip
-    outputs = _perfect_outputs(boxes, size)
+    outputs = _perfect_outputs(boxes, size, strides)
     decoded = decode(outputs, size, confidence=0.5, nms_iou=0.5)
     for (got, scores), want in zip(decoded, boxes):
         assert got.shape == want.shape
@@ -115,6 +119,28 @@ def test_yolo_head_learns_one_box_on_fixed_maps() -> None:
     with torch.no_grad():
         predicted = decode(model(maps), size, 0.5, 0.5)
     assert mean_average_precision(predicted, boxes, IOUS) > 0.5
+
+
+def test_objectness_prior_sets_every_cell_at_init_and_is_checked() -> None:
+    head = YoloHead([4, 4, 4], objectness_prior=0.01).eval()
+    outputs = head([torch.zeros(1, 4, n, n) for n in (8, 4, 4)])  # zero maps: each output is its bias
+    for out in outputs:
+        assert torch.allclose(out[..., 4].sigmoid(), torch.full_like(out[..., 4], 0.01))
+        assert torch.allclose(out[..., :4], torch.zeros_like(out[..., :4]), atol=0.2)  # the rest keeps its init
+    with pytest.raises(ValueError, match="objectness_prior"):
+        YoloHead([4], objectness_prior=1.0)
+
+
+def test_min_steps_adds_epochs_only_to_small_training_sets() -> None:
+    from types import SimpleNamespace
+
+    from pipeline.eval.dense_fit import max_epochs
+
+    budget = SimpleNamespace(epochs=1, min_steps=60, batch_size=16)
+    assert max_epochs(budget, 24) == 30  # 2 steps an epoch
+    assert max_epochs(budget, 112) == 9  # 7 steps an epoch: 63 steps
+    assert max_epochs(budget, 2000) == 1
+    assert max_epochs(SimpleNamespace(epochs=50, min_steps=0, batch_size=16), 24) == 50  # MGCA: epochs alone
 
 
 def test_heads_output_the_input_size() -> None:

@@ -32,7 +32,7 @@ def eval_phantoms(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> 
 
     root = tmp_path_factory.mktemp("eval_phantoms")
     make_phantoms(root / "tree", studies=200, seed=1, workers=2, image_size_range=(256, 288),
-                  split_fractions=(0.6, 0.2, 0.2), downstream=True, downstream_images=40)
+                  split_fractions=(0.6, 0.2, 0.2), downstream=True, downstream_images=160)
     cfg = load_config(ShardConfig, repo_root / "configs/data/phantom.yaml",
                       [f"mimic_root={root / 'tree'}", f"out={root / 'shards'}", "image_size=112", "workers=2"])
     shard_mimic(cfg)
@@ -200,7 +200,7 @@ def test_segmenter_on_the_trained_encoder_beats_the_random_init_one(eval_phantom
         cfg = eval_config(eval_phantoms, exports[name], out, "tasks=[segmentation]", "segmentation.datasets=[rsna]",
                           f"data.rsna.root={eval_phantoms['downstream'] / 'rsna'}", "segmentation.setr_channels=[64,32,16,8]",
                           f"dense.split_dir={tmp_path / 'dense_splits'}", "dense.fractions=[1.0]", "dense.epochs=6",
-                          "dense.augment=false", "tracking.enabled=false", "bootstrap.n_boot=100")  # fmt: skip
+                          "dense.min_steps=0", "dense.augment=false", "tracking.enabled=false", "bootstrap.n_boot=100")  # fmt: skip
         results, paths = evaluate(cfg)
         scores = results[0].metrics["datasets"]["rsna"]["fractions"]["100pct"]
         dice[name] = scores["dice_positive"]
