@@ -251,8 +251,9 @@ def run_experiment(
     out.mkdir(parents=True, exist_ok=True)
     ablation.check_settings(out, data_settings(args), args.replace_stale)
     if args.manifest is None or args.annotations is None:
-        args.manifest, args.annotations = ablation.make_phantom_shards(
+        written = ablation.make_phantom_shards(
             out, args.studies, args.workers, report_voices=args.report_voices, finding_sets=args.finding_sets)
+        args.manifest, args.annotations = (str(path) for path in written)  # recorded in the runs' settings (JSON)
     validate = {setting_of(run): execute_run(args, run, execute)[VALIDATE] for run in step2_runs(args.seeds[0])}
     chosen, values = chosen_setting(validate)
     parts = [f"Step 2 (seed {args.seeds[0]}, {args.steps} steps): chosen by {SELECT_METRIC[0]} on the validate split.",
