@@ -69,7 +69,8 @@ COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("zero-shot AUROC", ("zero_shot", "mean_auroc", "auroc")),
     ("probe AUROC @ 1 %", ("linear_probe", "datasets", "shards", "fractions", "1pct", "auroc")),
 )
-SPLIT_FILE = {VALIDATE: "validate", TEST: "test"}
+# SIA's detector as scored during training (MLflow, docs/phantoms.md): mean over the logged steps.
+DETECTOR = ("sia/fn_eliminated_per_row", "sia/tfn_per_row", "sia/fn_precision", "sia/fn_recall")
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,20 @@ def execute_run(args: argparse.Namespace, run: Run, execute: Callable[[list[str]
     return out
 
 
+def detector_stats(args: argparse.Namespace, run: Run) -> dict[str, float]:
+    """SIA's detector during training: each :data:`DETECTOR` metric's mean over the logged steps (run's MLflow db)."""
+    import sqlite3
+
+    db = Path(args.out).resolve() / "runs" / run.run_id / run.preset / "mlflow.db"
+    if not db.is_file():
+        return {}
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute(
+            f"SELECT key, AVG(value) FROM metrics WHERE key IN ({', '.join('?' * len(DETECTOR))}) GROUP BY key",
+            DETECTOR).fetchall()
+    return dict(rows)
+
+
 def chosen_setting(validate_metrics: dict[str, dict]) -> tuple[str, dict[str, float | None]]:
     """The setting with the highest :data:`SELECT_METRIC` on the validate split, and every setting's value."""
     values: dict[str, float | None] = {}
@@ -198,12 +213,14 @@ def mean_sd(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def step2_table(values: dict[str, float | None], chosen: str) -> str:
-    """Step 2's table: every setting's selection metric on the validate split."""
-    lines = [f"| SIA setting (sia_only, validate split) | {SELECT_METRIC[0]} |", "|---|---|"]
+def step2_table(values: dict[str, float | None], chosen: str, detector: dict[str, dict[str, float]]) -> str:
+    """Step 2's table: every setting's selection metric on the validate split and its detector during training."""
+    names = " | ".join(f"{key.removeprefix('sia/')} (training)" for key in DETECTOR)
+    lines = [f"| SIA setting (sia_only, validate split) | {SELECT_METRIC[0]} | {names} |", "|---|---|" + "---|" * len(DETECTOR)]
     for setting, value in values.items():
         mark = " (chosen)" if setting == chosen else ""
-        lines.append(f"| {setting}{mark} | {'n/a' if value is None else f'{100 * value:.1f}'} |")
+        stats = " | ".join(f"{detector[setting][k]:.3f}" if k in detector.get(setting, {}) else "n/a" for k in DETECTOR)
+        lines.append(f"| {setting}{mark} | {'n/a' if value is None else f'{100 * value:.1f}'} | {stats} |")
     return "\n".join(lines)
 
 
@@ -254,19 +271,43 @@ def run_experiment(
         written = ablation.make_phantom_shards(
             out, args.studies, args.workers, report_voices=args.report_voices, finding_sets=args.finding_sets)
         args.manifest, args.annotations = (str(path) for path in written)  # recorded in the runs' settings (JSON)
-    validate = {setting_of(run): execute_run(args, run, execute)[VALIDATE] for run in step2_runs(args.seeds[0])}
+    validate, detector = {}, {}
+    for run in step2_runs(args.seeds[0]):
+        validate[setting_of(run)] = execute_run(args, run, execute)[VALIDATE]
+        detector[setting_of(run)] = detector_stats(args, run)
     chosen, values = chosen_setting(validate)
-    parts = [f"Step 2 (seed {args.seeds[0]}, {args.steps} steps): chosen by {SELECT_METRIC[0]} on the validate split.",
-             "", step2_table(values, chosen)]
-    test: dict[str, list[dict]] = {}
+    results: dict = {"chosen": chosen, "validate": values, "detector_step2": detector, "test": {}, "detector_step3": {}}
+    text = write_tables(out, args, results)
     if args.stop_after >= 3:
-        for run in step3_runs(chosen, args.seeds):
-            test.setdefault(arm_of(run), []).append(execute_run(args, run, execute)[TEST])
-        parts += ["", f"Step 3 (SIA setting {chosen}; mean ± sd over seeds, in %):", "", step3_table(test, args.steps)]
+        for run in step3_runs(chosen, args.seeds):  # the tables are rewritten after every run
+            results["test"].setdefault(arm_of(run), []).append(execute_run(args, run, execute)[TEST])
+            results["detector_step3"].setdefault(arm_of(run), []).append(detector_stats(args, run))
+            text = write_tables(out, args, results)
+    return text
+
+
+def detector_table(training: dict[str, list[dict[str, float]]]) -> str:
+    """SIA's detector during training per arm (mean over seeds); clip has no detector."""
+    lines = ["| arm (training, global batch) | " + " | ".join(k.removeprefix("sia/") for k in DETECTOR) + " |",
+             "|---|" + "---|" * len(DETECTOR)]
+    for arm, runs in training.items():
+        if not any(runs):
+            continue
+        cells = [statistics.mean(r[k] for r in runs if k in r) if any(k in r for r in runs) else None for k in DETECTOR]
+        lines.append(f"| {arm} | " + " | ".join("n/a" if c is None else f"{c:.3f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def write_tables(out: Path, args: argparse.Namespace, results: dict) -> str:
+    """Write OUT/sia_experiment.md (the tables so far) and .json (every number); return the Markdown."""
+    parts = [f"Step 2 (seed {args.seeds[0]}, {args.steps} steps): chosen by {SELECT_METRIC[0]} on the validate split.",
+             "", step2_table(results["validate"], results["chosen"], results["detector_step2"])]
+    if results["test"]:
+        parts += ["", f"Step 3 (SIA setting {results['chosen']}; mean ± sd over seeds, in %):", "",
+                  step3_table(results["test"], args.steps), "", detector_table(results["detector_step3"])]
     text = "\n".join(parts)
     (out / "sia_experiment.md").write_text(text + "\n", encoding="utf-8")
-    (out / "sia_experiment.json").write_text(
-        json.dumps({"chosen": chosen, "validate": values, "test": test}, indent=1), encoding="utf-8")
+    (out / "sia_experiment.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     return text
 
 

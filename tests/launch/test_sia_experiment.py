@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,11 @@ class FakeRunner:
             export = Path(args["run.output_dir"]) / args["run.name"] / "export"
             export.mkdir(parents=True)
             (export / "model_config.yaml").write_text("{}", encoding="utf-8")
+            if args["loss.preset"] != "clip":  # MLflow's metrics table, as the SIA term logs it
+                with sqlite3.connect(export.parent / "mlflow.db") as db:
+                    db.execute("CREATE TABLE metrics (key TEXT, value REAL, step INTEGER)")
+                    db.executemany("INSERT INTO metrics VALUES (?, ?, ?)",
+                                   [("sia/fn_precision", 0.5, 1), ("sia/fn_precision", 1.0, 2), ("sia/loss", 9.0, 1)])
             return
         run_id = Path(args["checkpoint"]).parents[1].name
         split = args.get("data.shards.test_split", "test")
@@ -74,7 +80,8 @@ def test_validate_evaluation_never_touches_the_test_split(tmp_path: Path) -> Non
 def test_experiment_chooses_on_validate_reuses_runs_and_tabulates(tmp_path: Path) -> None:
     runner = FakeRunner()
     text = exp.run_experiment(exp.parse_args(_args(tmp_path)), runner)
-    assert "| minilm_k0.7_uncentred (chosen) | 70.0 |" in text
+    assert "| minilm_k0.7_uncentred (chosen) | 70.0 | n/a | n/a | 0.750 | n/a |" in text
+    assert "| sista | n/a | n/a | 0.750 | n/a |" in text and "| clip | n/a" not in text  # detector in training
     # 3 settings + 2 seeds x 5 arms, less the sia_only seed-0 run step 2 already trained
     assert sum(c.startswith("train") for c in runner.calls) == 3 + 10 - 1
     assert "evaluate sia_only_minilm_k0.7_uncentred_s0 on test" in runner.calls
