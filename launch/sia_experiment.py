@@ -1,7 +1,7 @@
 """Issue 17, experiment steps 2-3: does SIA's false-negative handling help when paraphrased false negatives exist?
 
-    python -m launch.sia_experiment --out /work/sia17_out --steps 120 [--studies 800] [--seeds 0 1 2] \
-        [--report-voices 4] [--finding-sets 12] [--nproc 2] [--stop-after 2|3] [--plan] [--replace-stale] [key=value ...]
+    python -m launch.sia_experiment --out OUT --steps 100 --studies 800 --seeds 0 1 2 --report-voices 4 \
+        --finding-sets 12 [--nproc 2] [--stop-after 2|3] [--plan] [--replace-stale] [key=value ...]
 
 Writes one voiced phantom set (``--report-voices``, ``--finding-sets``: studies with identical findings
 in different words meet in a batch of 32) and shards it like launch/ablation.py (60/10/30 split,
