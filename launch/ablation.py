@@ -168,11 +168,14 @@ def ablation_table(metrics: dict[str, dict], steps: int, transfer: bool = False)
     return "\n".join(lines)
 
 
-def make_phantom_shards(out: Path, studies: int, workers: int, downstream: bool = False) -> tuple[Path, Path]:
+def make_phantom_shards(
+    out: Path, studies: int, workers: int, downstream: bool = False, *, report_voices: int = 0, finding_sets: int = 0
+) -> tuple[Path, Path]:
     """A phantom tree and its shards for the ablation (skipped when present): (manifest, annotations).
 
     ``downstream`` also writes the SIIM / RSNA / Object-CXR layouts the transfer columns train on
-    (``DOWNSTREAM_IMAGES`` images each).
+    (``DOWNSTREAM_IMAGES`` images each); ``report_voices``/``finding_sets`` write a voiced set
+    (docs/phantoms.md, issue 17's experiment).
     """
     from data_prep.make_phantoms import make_phantoms
     from data_prep.shard_config import ShardConfig
@@ -183,7 +186,8 @@ def make_phantom_shards(out: Path, studies: int, workers: int, downstream: bool 
     tree, shards = out / "phantoms", out / "shards"
     if not (tree / "phantom_annotations.json").is_file():
         make_phantoms(tree, studies, seed=0, workers=workers, image_size_range=(256, 320), split_fractions=SPLIT,
-                      downstream=downstream, downstream_images=DOWNSTREAM_IMAGES)
+                      downstream=downstream, downstream_images=DOWNSTREAM_IMAGES, report_voices=report_voices,
+                      finding_sets=finding_sets)
     if not (shards / MANIFEST).is_file():
         overrides = [f"mimic_root={tree}", f"out={shards}", "shard_size=32", f"workers={workers}", "image_size=144"]
         try:
