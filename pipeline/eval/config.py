@@ -218,6 +218,13 @@ class DenseTrainConfig:
     figure_images: int  # rows of the image | truth | prediction figure
     image_size: Optional[int] = None  # square input side; None: the pre-training transform's image_size
 
+    def __post_init__(self) -> None:
+        checks = {"epochs": self.epochs >= 1, "min_steps": self.min_steps >= 0, "patience": self.patience >= 1,
+                  "batch_size": self.batch_size >= 1, "min_train": self.min_train >= 1}
+        bad = [key for key, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"dense: out of range: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+
 
 @dataclass
 class SegmentationConfig:
@@ -239,6 +246,10 @@ class DetectionConfig:
     iou_thresholds: list[float]  # mAP averaged over these IoUs
     n_boot: int  # bootstrap resamples of the mAP (each one a full mAP computation)
     objectness_prior: Optional[float]  # None: PyTorch's default bias init (MGCA); p: objectness bias = logit(p)
+
+    def __post_init__(self) -> None:
+        if self.objectness_prior is not None and not 0.0 < self.objectness_prior < 1.0:
+            raise ValueError(f"detection.objectness_prior must be in (0, 1) or null, got {self.objectness_prior}")
 
 
 @dataclass

@@ -127,5 +127,9 @@ def test_protocol_config_defaults_and_validation() -> None:
                                        "linear_probe.mgca.hflip=1.5"])
     with pytest.raises(ConfigError, match=r"fractions must be in \(0, 1\]"):
         load_config(EvalConfig, path, ["checkpoint=unused", "linear_probe.fractions=[0.0, 0.1]"])
+    with pytest.raises(ConfigError, match=r"dense: out of range: min_steps=-1, patience=0"):
+        load_config(EvalConfig, path, ["checkpoint=unused", "dense.min_steps=-1", "dense.patience=0"])
+    with pytest.raises(ConfigError, match=r"detection.objectness_prior must be in \(0, 1\) or null, got 1.5"):
+        load_config(EvalConfig, path, ["checkpoint=unused", "detection.objectness_prior=1.5"])
     with pytest.raises(ConfigError, match="unknown key 'linear_probe.mgca.epochs'"):
         load_config(EvalConfig, path, ["checkpoint=unused", "linear_probe.mgca.epochs=3"])
