@@ -178,16 +178,15 @@ def execute_run(args: argparse.Namespace, run: Run, execute: Callable[[list[str]
 
 def detector_stats(args: argparse.Namespace, run: Run) -> dict[str, float]:
     """SIA's detector during training: each :data:`DETECTOR` metric's mean over the logged steps (run's MLflow db)."""
-    import sqlite3
+    from mlflow.tracking import MlflowClient
 
     db = Path(args.out).resolve() / "runs" / run.run_id / run.preset / "mlflow.db"
     if not db.is_file():
         return {}
-    with sqlite3.connect(db) as connection:
-        rows = connection.execute(
-            f"SELECT key, AVG(value) FROM metrics WHERE key IN ({', '.join('?' * len(DETECTOR))}) GROUP BY key",
-            DETECTOR).fetchall()
-    return dict(rows)
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    values = {key: [m.value for r in runs for m in client.get_metric_history(r.info.run_id, key)] for key in DETECTOR}
+    return {key: statistics.fmean(v) for key, v in values.items() if v}
 
 
 def chosen_setting(validate_metrics: dict[str, dict]) -> tuple[str, dict[str, float | None]]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from launch import sia_experiment as exp
 
@@ -28,11 +28,11 @@ class FakeRunner:
             export = Path(args["run.output_dir"]) / args["run.name"] / "export"
             export.mkdir(parents=True)
             (export / "model_config.yaml").write_text("{}", encoding="utf-8")
-            if args["loss.preset"] != "clip":  # MLflow's metrics table, as the SIA term logs it
-                with sqlite3.connect(export.parent / "mlflow.db") as db:
-                    db.execute("CREATE TABLE metrics (key TEXT, value REAL, step INTEGER)")
-                    db.executemany("INSERT INTO metrics VALUES (?, ?, ?)",
-                                   [("sia/fn_precision", 0.5, 1), ("sia/fn_precision", 1.0, 2), ("sia/loss", 9.0, 1)])
+            if args["loss.preset"] != "clip":  # the run's MLflow store, with what the SIA term logs
+                client = MlflowClient(f"sqlite:///{export.parent / 'mlflow.db'}")
+                run_id = client.create_run(client.create_experiment("sista")).info.run_id
+                for key, value, step in (("sia/fn_precision", 0.5, 1), ("sia/fn_precision", 1.0, 2), ("sia/loss", 9.0, 1)):
+                    client.log_metric(run_id, key, value, step=step)
             return
         run_id = Path(args["checkpoint"]).parents[1].name
         split = args.get("data.shards.test_split", "test")
