@@ -15,6 +15,7 @@ an in-memory store; ranks rendezvousing at a loopback address use gloo on ``lo``
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import logging
 import multiprocessing
@@ -23,7 +24,7 @@ import re
 import signal
 import socket
 import zlib
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event
 
@@ -272,3 +273,21 @@ def ignore_stop_signals(release: Event | None = None) -> None:
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN if release is None else on_stop)
+    # Started inside stop_signals_held(): a signal held since the fork reaches on_stop now, not before.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Hold the stop signals in this thread while it starts helpers that call :func:`ignore_stop_signals`.
+
+    A forked helper keeps the signal mask of its parent's thread until it ignores the signals itself.
+    Without this, a signal to the process group in between meets whatever handler the helper has
+    then: a torch DataLoader worker installs one that dies of a SIGTERM not sent by its parent, and
+    the rank fails before it can checkpoint. This process gets its held signals on leaving.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -48,7 +48,7 @@ from pipeline.data.transforms import (
     sample_generator,
     train_transform,
 )
-from pipeline.job_env import helper_release, ignore_stop_signals
+from pipeline.job_env import helper_release, ignore_stop_signals, stop_signals_held
 from pipeline.shard_format import IMAGE_EXTENSIONS, REPORT_EMBEDDING_MEMBER, image_extension, read_sample_meta
 
 log = logging.getLogger(__name__)
@@ -337,7 +337,8 @@ class EpochLoader:
             batches.close()
 
     def _batches(self) -> Iterator[tuple[Batch, tuple[int, int, int]]]:
-        batches = iter(self.loader)
+        with stop_signals_held():  # the workers start here; see stop_signals_held
+            batches = iter(self.loader)
         try:
             for batch, (worker, cursor, corrupt) in batches:
                 self.position.micro_batches += 1
