@@ -213,6 +213,43 @@ def test_segmenter_learns_the_masks_on_either_encoder(eval_phantoms, exports, tm
         assert "rsna Dice @ 100pct labels" in paths["table"].read_text()
 
 
+def test_dense_tasks_write_their_outputs_and_each_fit_is_seeded(eval_phantoms, exports, tmp_path: Path) -> None:
+    """Segmentation and detection through ``evaluate``: keys, table, figures; a fit's numbers do not depend on the fits before it.
+
+    The 100 % fit after a 1 % fit must equal the 100 % fit alone (each head is initialised from ``dense.seed``).
+    """
+    downstream = eval_phantoms["downstream"]
+    common = ("tasks=[segmentation, detection]", "segmentation.datasets=[rsna]", "segmentation.setr_channels=[16,8,8,8]",
+              f"data.rsna.root={downstream / 'rsna'}", f"data.object_cxr.root={downstream / 'object_cxr'}",
+              f"dense.split_dir={tmp_path / 'dense_splits'}", "dense.epochs=2", "dense.min_steps=0", "dense.augment=false",
+              "detection.objectness_prior=0.01", "detection.n_boot=10", "bootstrap.n_boot=20", "tracking.enabled=false")  # fmt: skip
+    both, paths = evaluate(eval_config(eval_phantoms, exports["trained"], tmp_path / "both", *common,
+                                       "dense.fractions=[0.01, 1.0]"))  # fmt: skip
+    alone, _ = evaluate(eval_config(eval_phantoms, exports["trained"], tmp_path / "alone", *common, "dense.fractions=[1.0]",
+                                    "detection.datasets=[object_cxr]"))  # fmt: skip
+
+    def scores(results, task: str, name: str, tag: str) -> dict:
+        by_task = {r.task: r.metrics for r in results}
+        entry = dict(by_task[task]["datasets"][name]["fractions"][tag])
+        entry.pop("train_images_per_s")  # a timing
+        return entry
+
+    for task, name, value in (("segmentation", "rsna", "dice"), ("detection", "rsna", "map"),
+                              ("detection", "object_cxr", "map")):  # fmt: skip
+        few = scores(both, task, name, "1pct")
+        assert few["num_train"] < scores(both, task, name, "100pct")["num_train"]
+        assert few[value] is None or 0.0 <= few[value] <= 1.0
+        if (task, name) != ("detection", "rsna"):  # the second run skips it (time)
+            assert scores(both, task, name, "100pct") == scores(alone, task, name, "100pct"), (task, name)
+    detection = {r.task: r.metrics for r in both}["detection"]
+    assert detection["datasets"]["object_cxr"]["num_test_with_boxes"] > 0
+    assert detection["iou_thresholds"][0] == 0.4 and detection["iou_thresholds"][-1] == 0.75
+    table = paths["table"].read_text()
+    assert "rsna Dice @ 1pct labels" in table and "object_cxr mAP @ 100pct labels" in table
+    for figure in ("segmentation_rsna.png", "detection_rsna.png", "detection_object_cxr.png"):
+        assert (tmp_path / "both" / "figures" / figure).stat().st_size > 5_000, figure
+
+
 def test_mgca_protocol_through_the_entry_point(eval_phantoms, exports, tmp_path: Path) -> None:
     """MGCA's probe (AdamW on augmented images through the frozen encoder): the trained encoder beats chance."""
     overrides = ("tasks=[linear_probe]", "tracking.enabled=false", "linear_probe.protocol=mgca",
