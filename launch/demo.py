@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 # --- Evaluation step (owned by the evaluation capability; see launch/ablation.py) ---------------------
 ABLATION_STEPS = 150
 # Measured not to fit make demo's 25 minutes on 2 cores (docs/evaluation.md#transfer-columns): off by default.
-ABLATION_UNTRAINED = False  # the untrained row: ~3 min (its evaluation)
-ABLATION_TRANSFER = False  # segmentation / detection columns: ~15 CPU-minutes a row (8 columns)
+ABLATION_UNTRAINED = False  # the untrained row: its evaluation, ~20 s (~135 s with the transfer columns)
+ABLATION_TRANSFER = False  # segmentation / detection columns: ~107 s a row on 2 idle cores (8 columns), ~7 min for 4
 
 
 def closing_ablation(

@@ -38,15 +38,16 @@ TRANSFORM = {
 }
 
 
-def tiny_model_config(repo_root: Path, minilm_dir: Path) -> ModelConfig:
+def tiny_model_config(repo_root: Path, minilm_dir: Path, image: dict | None = None) -> ModelConfig:
     """configs/pretrain/tiny.yaml's model with timm's ``test_vit`` (64-d, a 6 x 6 patch grid at 96 px) and MiniLM text.
 
     The text tower is the real pretrained MiniLM (as in the demo); the tests keep it frozen so a
-    brief run on CPU only trains the image tower, the heads and the temperatures.
+    brief run on CPU only trains the image tower, the heads and the temperatures. ``image``: keys
+    of ``model.image`` to change (another timm trunk).
     """
     tree, _ = load_yaml_tree(repo_root / "configs/pretrain/tiny.yaml")
     model = tree["model"]
-    model["image"].update({"name": "test_vit", "img_size": IMAGE_SIZE})
+    model["image"].update({"name": "test_vit", "img_size": IMAGE_SIZE, **(image or {})})
     model["text"].update({"name": str(minilm_dir), "tiny": None, "pooling": "mean", "max_length": 40})
     return config_from_dict(ModelConfig, model, "tiny.yaml (eval tests)")
 
@@ -73,11 +74,11 @@ def export_run(model, cfg: ModelConfig, run_dir: Path, loss_cfg: LossConfig) -> 
 
 def train_tiny(
     repo_root: Path, minilm_dir: Path, shards_root: Path, run_dir: Path, *, steps: int, preset: str = "sista",
-    batch_size: int = 32, seed: int = 0,
+    batch_size: int = 32, seed: int = 0, image: dict | None = None,
 ) -> Path:
     """Train for ``steps`` steps on the shards' train split (online SIA similarity); return the export folder."""
     torch.manual_seed(seed)
-    cfg = tiny_model_config(repo_root, minilm_dir)
+    cfg = tiny_model_config(repo_root, minilm_dir, image)
     tokenizer = build_tokenizer(cfg)
     model = build_model(cfg, tokenizer)
     tree, _ = load_yaml_tree(repo_root / "configs/pretrain/tiny.yaml")
