@@ -71,6 +71,13 @@ def require(checks: Sequence[tuple[bool, str]]) -> None:
             raise ValueError(message)
 
 
+def require_in_range(section: str, cfg: object, checks: Mapping[str, bool]) -> None:
+    """Raise ValueError naming every key of ``cfg`` whose check failed: ``section: out of range: key=value, ...``."""
+    bad = [key for key, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"{section}: out of range: {', '.join(f'{key}={getattr(cfg, key)!r}' for key in bad)}")
+
+
 # --------------------------------------------------------------------------- YAML + merging
 
 

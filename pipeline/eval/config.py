@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from pipeline.config import require_in_range
 from pipeline.data.transforms import TransformConfig
 
 TaskName = Literal["zero_shot", "retrieval", "linear_probe", "grounding", "segmentation", "detection"]
@@ -155,9 +156,7 @@ class MgcaProbeConfig:
             "dropout": 0 <= self.dropout < 1, "hflip": 0 <= self.hflip <= 1, "jitter": 0 <= self.jitter < 1,
             "betas": all(0 <= b < 1 for b in self.betas),
         }
-        bad = [key for key, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"linear_probe.mgca: out of range: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+        require_in_range("linear_probe.mgca", self, checks)
 
     @property
     def augments(self) -> bool:
@@ -221,9 +220,7 @@ class DenseTrainConfig:
     def __post_init__(self) -> None:
         checks = {"epochs": self.epochs >= 1, "min_steps": self.min_steps >= 0, "patience": self.patience >= 1,
                   "batch_size": self.batch_size >= 1, "min_train": self.min_train >= 1}
-        bad = [key for key, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"dense: out of range: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+        require_in_range("dense", self, checks)
 
 
 @dataclass
