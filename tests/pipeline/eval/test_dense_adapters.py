@@ -130,6 +130,15 @@ def test_rsna_boxes_masks_and_box_outside_is_counted(tmp_path: Path) -> None:
     assert mask.shape == (20, 30) and mask.sum() == 50 and mask[3, 2] and not mask[8, 2]
 
 
+def test_rsna_missing_image_names_the_csv_and_patient(tmp_path: Path) -> None:
+    """A labelled patientId without its DICOM is an error naming the CSV, the patientId and the missing path."""
+    root = tmp_path / "rsna"
+    _write_dicom(root / "stage_2_train_images" / "p1.dcm", _gradient(20, 30).astype(np.uint16) * 16, "MONOCHROME2")
+    (root / "stage_2_train_labels.csv").write_text("patientId,x,y,width,height,Target\np1,2,3,10,5,1\ngone,,,,,0\n")
+    with pytest.raises(FileNotFoundError, match=r"stage_2_train_labels.csv: patientId 'gone' has no image .*gone.dcm"):
+        load_rsna_boxes(root, WINDOW)
+
+
 def test_rsna_bad_box_cell_names_line_and_column(tmp_path: Path) -> None:
     root = tmp_path / "rsna"
     root.mkdir()
@@ -177,7 +186,7 @@ def test_prepare_refuses_a_mask_whose_size_differs_from_its_image(tmp_path: Path
 # --------------------------------------------------------------------------- the phantom layouts
 
 
-def test_phantom_siim_and_object_cxr_layouts(phantom_root: Path) -> None:
+def test_phantom_siim_rsna_and_object_cxr_layouts(phantom_root: Path) -> None:
     siim = load_siim(phantom_root / "downstream" / "siim", WINDOW)
     assert len(siim) == 60 and siim.skipped == {"missing_image": 0}
     for i in (0, 1, 2):
